@@ -1,0 +1,22 @@
+"""tfp_nice: NICE, RealNVP and RevNet reversible models as TFP bijectors Keras 3 can train."""
+
+from tfp_nice import masks, priors, serialization
+from tfp_nice.bijectors import AdditiveCoupling, AffineCoupling, DiagonalScale
+from tfp_nice.layers import LogScale, MLPConditioner, TanhScale
+from tfp_nice.models import FlowModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "DiagonalScale",
+    "FlowModel",
+    "LogScale",
+    "MLPConditioner",
+    "TanhScale",
+    "masks",
+    "priors",
+    "serialization",
+    "__version__",
+]

@@ -1,0 +1,208 @@
+"""The equations of NICE, RealNVP and RevNet couplings as pure tensor functions.
+
+Everything here is stateless: it takes tensors (and, for the learned ``tanh``
+stabiliser, the learned scale as a tensor) and returns tensors. Bijectors and
+Keras layers call these functions; no other module writes the algebra again.
+
+Notation (TFP's direction: ``forward`` maps latent -> data):
+
+* additive coupling (NICE, RevNet):  ``y2 = x2 + m(x1)``,   ``x2 = y2 - m(y1)``,
+  log-det ``0``;
+* affine coupling (RealNVP):         ``y2 = x2 * exp(s) + t``, ``x2 = (y2 - t) * exp(-s)``,
+  log-det ``sum(s)`` over the transformed units;
+* diagonal scaling (NICE):           ``y = x * exp(s)``, log-det ``sum(s)``.
+
+References:
+  [1] Dinh, Krueger, Bengio. NICE: Non-linear Independent Components Estimation. arXiv:1410.8516.
+  [2] Dinh, Sohl-Dickstein, Bengio. Density estimation using Real NVP. arXiv:1605.08803.
+  [3] Gomez, Ren, Urtasun, Grosse. The Reversible Residual Network. arXiv:1707.04585.
+  [4] Kingma, Dhariwal. Glow. arXiv:1807.03039 (the ``sigmoid(h + 2)`` scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+__all__ = [
+    "STABILISERS",
+    "additive_forward",
+    "additive_inverse",
+    "affine_forward",
+    "affine_inverse",
+    "diagonal_scale_forward",
+    "diagonal_scale_inverse",
+    "diagonal_scale_log_det",
+    "flatten_event",
+    "unflatten_event",
+    "split_flat",
+    "merge_flat",
+    "stabilise_log_scale",
+    "check_stabiliser",
+]
+
+#: Names accepted by :func:`stabilise_log_scale`.
+STABILISERS = ("exp", "tanh", "sigmoid", "soft_clamp")
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes: flatten the event part of a tensor, split/merge it by a static index plan.
+# --------------------------------------------------------------------------------------------
+def _leading_shape(x: tf.Tensor, event_ndims: int):
+    """The batch part of ``x``'s shape, static when known, else a dynamic tensor."""
+    batch = x.shape[: x.shape.rank - event_ndims]
+    if batch.is_fully_defined():
+        return batch.as_list()
+    return tf.shape(x)[: tf.rank(x) - event_ndims]
+
+
+def flatten_event(x: tf.Tensor, event_ndims: int) -> tf.Tensor:
+    """Reshapes ``x`` from ``batch + event_shape`` to ``batch + [prod(event_shape)]``."""
+    if event_ndims == 1:
+        return x
+    size = x.shape[x.shape.rank - event_ndims :].num_elements()
+    lead = _leading_shape(x, event_ndims)
+    if isinstance(lead, list):
+        return tf.reshape(x, lead + [size])
+    return tf.reshape(x, tf.concat([lead, [size]], axis=0))
+
+
+def unflatten_event(x: tf.Tensor, event_shape: Sequence[int]) -> tf.Tensor:
+    """Inverse of :func:`flatten_event`: ``batch + [D]`` back to ``batch + event_shape``."""
+    event_shape = list(event_shape)
+    if len(event_shape) == 1:
+        return x
+    lead = _leading_shape(x, 1)
+    if isinstance(lead, list):
+        return tf.reshape(x, lead + event_shape)
+    return tf.reshape(x, tf.concat([lead, event_shape], axis=0))
+
+
+def split_flat(x: tf.Tensor, index1, index2) -> tuple[tf.Tensor, tf.Tensor]:
+    """Splits the last axis of ``x`` into ``(x1, x2)``.
+
+    ``index1``/``index2`` are either ``slice`` objects (contiguous halves, the
+    fast path) or integer index arrays (gathers).
+    """
+    if isinstance(index1, slice):
+        return x[..., index1], x[..., index2]
+    return tf.gather(x, index1, axis=-1), tf.gather(x, index2, axis=-1)
+
+
+def merge_flat(x1: tf.Tensor, x2: tf.Tensor, first_is_x1: bool, inverse_permutation) -> tf.Tensor:
+    """Inverse of :func:`split_flat`.
+
+    ``first_is_x1`` says which part comes first on the contiguous path;
+    ``inverse_permutation`` (or ``None`` on the contiguous path) undoes the gather.
+    """
+    if inverse_permutation is None:
+        parts = [x1, x2] if first_is_x1 else [x2, x1]
+        return tf.concat(parts, axis=-1)
+    return tf.gather(tf.concat([x1, x2], axis=-1), inverse_permutation, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Couplings.
+# --------------------------------------------------------------------------------------------
+def additive_forward(x2: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """NICE / RevNet additive coupling, transformed half: ``y2 = x2 + m(x1)``."""
+    return x2 + shift
+
+
+def additive_inverse(y2: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """Inverse of :func:`additive_forward`: ``x2 = y2 - m(y1)``."""
+    return y2 - shift
+
+
+def affine_forward(
+    x2: tf.Tensor, shift: tf.Tensor, log_scale: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """RealNVP affine coupling, transformed half.
+
+    ``y2 = x2 * exp(s) + t``; returns ``(y2, fldj)`` with ``fldj = sum(s)`` over
+    the last axis (the flattened transformed units).
+    """
+    y2 = x2 * tf.exp(log_scale) + shift
+    return y2, tf.reduce_sum(log_scale, axis=-1)
+
+
+def affine_inverse(
+    y2: tf.Tensor, shift: tf.Tensor, log_scale: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inverse of :func:`affine_forward`: ``x2 = (y2 - t) * exp(-s)``; returns ``(x2, ildj)``."""
+    x2 = (y2 - shift) * tf.exp(-log_scale)
+    return x2, -tf.reduce_sum(log_scale, axis=-1)
+
+
+def diagonal_scale_forward(
+    x: tf.Tensor, log_scale: tf.Tensor, event_ndims: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """NICE's final scaling ``y = x * exp(s)``; returns ``(y, fldj)``, ``fldj = sum(s)``.
+
+    ``log_scale`` has the event shape; the log-det is a scalar (it does not
+    depend on ``x``) and broadcasts against any batch shape.
+    """
+    return x * tf.exp(log_scale), diagonal_scale_log_det(log_scale, event_ndims)
+
+
+def diagonal_scale_log_det(log_scale: tf.Tensor, event_ndims: int) -> tf.Tensor:
+    """``log|det d(x * exp(s))/dx| = sum(s)`` over the event axes (a scalar)."""
+    return tf.reduce_sum(log_scale, axis=list(range(-event_ndims, 0)))
+
+
+def diagonal_scale_inverse(
+    y: tf.Tensor, log_scale: tf.Tensor, event_ndims: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inverse of :func:`diagonal_scale_forward`: ``x = y * exp(-s)``; returns ``(x, ildj)``."""
+    return y * tf.exp(-log_scale), -diagonal_scale_log_det(log_scale, event_ndims)
+
+
+# --------------------------------------------------------------------------------------------
+# Scale stabilisers: raw network output h -> log-scale s.
+# --------------------------------------------------------------------------------------------
+def check_stabiliser(name: str) -> str:
+    """Returns ``name`` if it is a known stabiliser, else raises a ``ValueError``."""
+    if name not in STABILISERS:
+        raise ValueError(
+            f"`scale` must be one of {list(STABILISERS)}. Received: scale={name!r}"
+        )
+    return name
+
+
+def stabilise_log_scale(
+    h: tf.Tensor,
+    name: str,
+    tanh_scale: tf.Tensor | None = None,
+    clamp: float = 2.0,
+) -> tf.Tensor:
+    """Maps a conditioner's raw output ``h`` to a log-scale ``s``.
+
+    * ``"exp"``: ``s = h`` (the plain RealNVP equation; can explode).
+    * ``"tanh"``: ``s = c * tanh(h)`` with a learned per-unit ``c`` (RealNVP's code).
+    * ``"sigmoid"``: ``s = log(sigmoid(h + 2))`` (Glow): scale in ``(0, 1)``,
+      ``0.88`` at ``h = 0``, so a zero-initialised coupling starts as a mild contraction.
+    * ``"soft_clamp"``: ``s = (2c/pi) * atan(h / c)`` with ``c = clamp``: ``|s| < c``,
+      slope 1 at 0 (FrEIA-style).
+
+    Args:
+      h: raw conditioner output.
+      name: one of :data:`STABILISERS`.
+      tanh_scale: the learned ``c`` for ``"tanh"``; broadcast against ``h``.
+      clamp: the bound ``c`` for ``"soft_clamp"``.
+
+    Returns:
+      The log-scale ``s`` with the shape and dtype of ``h``.
+    """
+    check_stabiliser(name)
+    if name == "exp":
+        return h
+    if name == "tanh":
+        if tanh_scale is None:
+            raise ValueError("`tanh_scale` is required for scale='tanh'. Received: None")
+        return tf.cast(tanh_scale, h.dtype) * tf.tanh(h)
+    if name == "sigmoid":
+        return tf.math.log_sigmoid(h + tf.constant(2.0, h.dtype))
+    c = tf.constant(clamp, h.dtype)
+    return (2.0 / math.pi) * c * tf.atan(h / c)

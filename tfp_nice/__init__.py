@@ -1,6 +1,7 @@
 """tfp_nice: NICE, RealNVP and RevNet reversible models as TFP bijectors Keras 3 can train."""
 
 from tfp_nice import masks, priors, serialization
+from tfp_nice._ownership import keras_parameter
 from tfp_nice.bijectors import AdditiveCoupling, AffineCoupling, DiagonalScale
 from tfp_nice.layers import LogScale, MLPConditioner, TanhScale
 from tfp_nice.models import FlowModel
@@ -15,6 +16,7 @@ __all__ = [
     "LogScale",
     "MLPConditioner",
     "TanhScale",
+    "keras_parameter",
     "masks",
     "priors",
     "serialization",

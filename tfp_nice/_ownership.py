@@ -10,13 +10,51 @@ would never train it (see ``tfb.BatchNormalization`` and ``tfb.real_nvp_default_
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-__all__ = ["Ownership", "collect", "foreign_variable_error"]
+__all__ = ["Ownership", "collect", "foreign_variable_error", "keras_parameter"]
+
+# id(tf.Variable behind a Keras variable) -> that Keras variable (see keras_parameter).
+_KERAS_BEHIND: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def keras_parameter(variable: keras.Variable) -> tf.Variable:
+    """Lets a TFP bijector or distribution use a Keras variable as a trainable parameter.
+
+    TFP copies any parameter that is not a ``tf.Variable`` into a constant, so
+    ``tfb.Shift(keras_variable)`` would silently never train. Pass
+    ``tfb.Shift(keras_parameter(keras_variable))`` instead: it returns the ``tf.Variable``
+    behind the Keras variable (gradients reach the Keras variable) and remembers the pair, so
+    a :class:`tfp_nice.FlowModel` owns, trains and saves the Keras variable.
+
+    Args:
+      variable: a ``keras.Variable``.
+
+    Returns:
+      The ``tf.Variable`` holding its value.
+
+    Example:
+      >>> import keras, numpy as np, tensorflow_probability as tfp
+      >>> v = keras.Variable(np.zeros(2, "float32"))
+      >>> shift = tfp.bijectors.Shift(keras_parameter(v))
+    """
+    if not isinstance(variable, keras.Variable):
+        raise TypeError(
+            f"`variable` must be a keras.Variable. Received: variable={variable!r}"
+        )
+    tf_variable = variable.value
+    if not isinstance(tf_variable, tf.Variable):
+        raise TypeError(
+            "keras_parameter needs the TensorFlow backend (its variables are tf.Variables). "
+            f"Received a variable whose value is {type(tf_variable).__name__}"
+        )
+    _KERAS_BEHIND[id(tf_variable)] = variable
+    return tf_variable
 
 
 _SKIP_ATTRS = frozenset({"_cache", "_parameters", "_graph_parents", "_name", "_dtype"})
@@ -71,19 +109,35 @@ def collect(obj: Any, path: str, found: Ownership | None = None, _seen: set | No
                               "whose weights Keras 3 cannot see or train"))
         return found
     if isinstance(obj, tf.Variable):
-        found.foreign.append((path, f"a raw tf.Variable `{obj.name}` that Keras cannot see"))
+        owner = _KERAS_BEHIND.get(id(obj))
+        if owner is not None and owner.value is obj:
+            found.variables.append(owner)
+        else:
+            found.foreign.append((path, f"a raw tf.Variable `{obj.name}` that Keras cannot see "
+                                  "(for a Keras variable, pass `tfp_nice.keras_parameter(var)`)"))
         return found
     if isinstance(obj, (tfp.bijectors.Bijector, tfp.distributions.Distribution)):
+        nice = hasattr(obj, "keras_layers")
         for k, item in getattr(obj, "parameters", {}).items():
-            if k not in ("self", "__class__", "name"):
-                collect(item, f"{path}.{k}", found, seen)
+            if k in ("self", "__class__", "name"):
+                continue
+            if not nice and isinstance(item, keras.Variable):
+                found.foreign.append((f"{path}.{k}", (
+                    f"a Keras variable `{item.path}` passed directly as a TFP parameter, which "
+                    "TFP copies into a constant that never trains; pass "
+                    "`tfp_nice.keras_parameter(var)` instead")))
+                continue
+            collect(item, f"{path}.{k}", found, seen)
         for i, layer in enumerate(getattr(obj, "keras_layers", ()) or ()):
             collect(layer, f"{path}.keras_layers[{i}]", found, seen)
         for k, item in vars(obj).items():  # state a bijector builds itself (tfb.BatchNormalization)
             if k not in _SKIP_ATTRS:
                 collect(item, f"{path}.{k.lstrip('_')}", found, seen)
         return found
-    if isinstance(obj, tf.Module):
+    if isinstance(obj, tf.Module):  # e.g. tfp.util.DeferredTensor
+        for k, item in vars(obj).items():
+            if k not in _SKIP_ATTRS:
+                collect(item, f"{path}.{k.lstrip('_')}", found, seen)
         for v in obj.variables:
             collect(v, f"{path}.{v.name}", found, seen)
         return found
@@ -97,5 +151,6 @@ def foreign_variable_error(step_desc: str, path: str, what: str) -> ValueError:
         f"FlowModel: {step_desc} holds {what} (at `{path}`). Keras `fit` would train the flow "
         "without it and give no error. Use tfp_nice bijectors whose weights live in Keras 3 "
         "layers (AdditiveCoupling, AffineCoupling, DiagonalScale with tfp_nice.layers "
-        "conditioners), or pass Keras 3 variables/layers as the step's parameters."
+        "conditioners), and give TFP bijectors Keras variables through "
+        "`tfp_nice.keras_parameter(var)`."
     )

@@ -76,7 +76,8 @@ class AffineCoupling(CouplingBase):
         if not isinstance(clamp, (int, float)) or not clamp > 0:
             raise ValueError(f"`clamp` must be a positive float. Received: clamp={clamp!r}")
         if scale == "tanh" and tanh_scale is None:
-            tanh_scale = TanhScale(name=f"{name}_tanh_scale")
+            policy = getattr(shift_and_log_scale_fn, "dtype_policy", None)
+            tanh_scale = TanhScale(name=f"{name}_tanh_scale", dtype=policy)
         self._scale = scale
         self._clamp = float(clamp)
         self._tanh_scale = tanh_scale if scale == "tanh" else None
@@ -102,7 +103,7 @@ class AffineCoupling(CouplingBase):
         outs = self._call_conditioner(x1, num_transformed)
         shift, h = outs if len(outs) == 2 else tf.split(outs[0], 2, axis=-1)
         if self._scale == "tanh":
-            return shift, self._tanh_scale(h)
+            return shift, tf.cast(self._tanh_scale(h), h.dtype)
         return shift, _math.stabilise_log_scale(h, self._scale, clamp=self._clamp)
 
     def _forward_and_log_det(self, x):

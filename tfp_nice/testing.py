@@ -1,0 +1,240 @@
+"""A public conformance kit: check your own bijectors and flows the way tfp_nice checks its own.
+
+Each ``assert_*`` function raises ``AssertionError`` with a message saying what failed and by
+how much; :func:`check_bijector` runs them all. Checks:
+
+* round trip: ``inverse(forward(x)) == x`` and ``forward(inverse(y)) == y``;
+* log-det consistency: ``fldj(x) == -ildj(forward(x))``;
+* log-det against the autodiff Jacobian: ``fldj(x) == log|det dy/dx|`` from
+  ``tf.GradientTape.batch_jacobian`` and ``slogdet`` (run it in float64);
+* batch shapes ``()``, ``(3,)``, ``(2, 3)``: results broadcast-equal to per-example ones;
+* graph consistency: eager, ``tf.function`` and ``tf.function(jit_compile=True)`` agree;
+* :func:`assert_variables_trainable`: every trainable variable is seen by Keras and gets a
+  non-None, non-zero gradient of the model's loss.
+
+Example:
+  >>> import tensorflow as tf, tensorflow_probability as tfp
+  >>> check_bijector(tfp.bijectors.Shift(tf.constant([1.0, 2.0], tf.float64)), event_shape=[2],
+  ...                dtype=tf.float64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "assert_round_trip",
+    "assert_log_det_consistent",
+    "assert_log_det_matches_autodiff",
+    "assert_batch_shapes",
+    "assert_graph_consistent",
+    "assert_variables_trainable",
+    "check_bijector",
+    "random_input",
+]
+
+BATCH_SHAPES = ((), (3,), (2, 3))
+
+
+def random_input(
+    batch_shape: Sequence[int], event_shape: Sequence[int], dtype=tf.float32, seed: int = 0,
+    scale: float = 1.0,
+) -> tf.Tensor:
+    """A reproducible standard-normal (times ``scale``) tensor of ``batch_shape + event_shape``."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(batch_shape) + tuple(event_shape)
+    return tf.constant(scale * rng.standard_normal(shape), dtype=dtype)
+
+
+def _event_ndims(bijector, event_shape) -> int:
+    return len(tuple(event_shape)) if event_shape is not None else bijector.forward_min_event_ndims
+
+
+def _close(name: str, got, want, rtol: float, atol: float) -> None:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    got, want = np.broadcast_arrays(got, want)
+    err = np.abs(got - want)
+    tol = atol + rtol * np.abs(want)
+    if not np.all(np.isfinite(got)) or np.any(err > tol):
+        worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.size else ()
+        raise AssertionError(
+            f"{name}: max abs error {np.nanmax(err) if err.size else 0:.3e} exceeds atol={atol:g} "
+            f"+ rtol={rtol:g}·|want| (worst at {tuple(int(i) for i in worst)}: got "
+            f"{got[worst] if err.size else got!r}, want {want[worst] if err.size else want!r})"
+        )
+
+
+def assert_round_trip(bijector, x, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    """``inverse(forward(x)) == x`` and ``forward(inverse(x)) == x``, computed afresh."""
+    x = tf.convert_to_tensor(x)
+    y = bijector.forward(x)
+    _close("round trip inverse(forward(x))", bijector.inverse(tf.identity(y)), x, rtol, atol)
+    x2 = bijector.inverse(tf.identity(x))
+    _close("round trip forward(inverse(x))", bijector.forward(tf.identity(x2)), x, rtol, atol)
+
+
+def assert_log_det_consistent(
+    bijector, x, event_ndims: int | None = None, rtol: float = 1e-5, atol: float = 1e-5
+) -> None:
+    """``fldj(x) == -ildj(forward(x))``, with no cache shared between the two."""
+    x = tf.convert_to_tensor(x)
+    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+    fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n)
+    y = tf.identity(bijector.forward(tf.identity(x)))
+    ildj = bijector.inverse_log_det_jacobian(y, event_ndims=n)
+    _close("fldj(x) vs -ildj(forward(x))", fldj, -ildj, rtol, atol)
+
+
+def _autodiff_log_det(fn, x: tf.Tensor, event_ndims: int) -> np.ndarray:
+    """``log|det d fn(x) / dx|`` per example via batch_jacobian of the flattened event."""
+    event_shape = x.shape[x.shape.rank - event_ndims :]
+    batch_shape = x.shape[: x.shape.rank - event_ndims]
+    d = event_shape.num_elements()
+    flat = tf.reshape(x, [-1, d])
+    with tf.GradientTape() as tape:
+        tape.watch(flat)
+        y = fn(tf.reshape(flat, batch_shape + event_shape))
+        y_flat = tf.reshape(y, [-1, d])
+    jac = tape.batch_jacobian(y_flat, flat)
+    _, logdet = np.linalg.slogdet(jac.numpy())
+    return logdet.reshape(batch_shape.as_list())
+
+
+def assert_log_det_matches_autodiff(
+    bijector, x, event_ndims: int | None = None, atol: float = 1e-10, rtol: float = 1e-10
+) -> None:
+    """``fldj(x)`` and ``-ildj(y)`` equal ``slogdet`` of the autodiff Jacobian (use float64)."""
+    x = tf.convert_to_tensor(x)
+    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+    if x.shape.rank == n:
+        x = x[tf.newaxis]
+    want_f = _autodiff_log_det(bijector.forward, x, n)
+    fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n)
+    _close("fldj vs autodiff log|det J|", fldj, want_f, rtol, atol)
+    y = tf.identity(bijector.forward(x))
+    want_i = _autodiff_log_det(bijector.inverse, y, n)
+    ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n)
+    _close("ildj vs autodiff log|det J^-1|", ildj, want_i, rtol, atol)
+
+
+def assert_batch_shapes(
+    bijector, event_shape: Sequence[int], dtype=tf.float32,
+    batch_shapes: Sequence[Sequence[int]] = BATCH_SHAPES, rtol: float = 1e-5, atol: float = 1e-5,
+) -> None:
+    """For each batch shape, outputs have the right shapes and equal the per-example results."""
+    n = len(tuple(event_shape))
+    for batch_shape in batch_shapes:
+        x = random_input(batch_shape, event_shape, dtype, seed=len(batch_shape) + 1)
+        y = bijector.forward(x)
+        if tuple(y.shape) != tuple(x.shape):
+            raise AssertionError(
+                f"batch shape {tuple(batch_shape)}: forward changed the shape {tuple(x.shape)} "
+                f"-> {tuple(y.shape)}"
+            )
+        fldj = tf.broadcast_to(bijector.forward_log_det_jacobian(x, event_ndims=n), batch_shape)
+        ildj = tf.broadcast_to(bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n),
+                               batch_shape)
+        flat_x = tf.reshape(x, [-1] + list(event_shape))
+        for i in range(flat_x.shape[0]):
+            xi = flat_x[i]
+            _close(f"batch {tuple(batch_shape)}: forward of example {i}",
+                   tf.reshape(y, [-1] + list(event_shape))[i], bijector.forward(xi), rtol, atol)
+            _close(f"batch {tuple(batch_shape)}: fldj of example {i}",
+                   tf.reshape(fldj, [-1])[i], bijector.forward_log_det_jacobian(xi, event_ndims=n),
+                   rtol, atol)
+        _close(f"batch {tuple(batch_shape)}: ildj(forward(x)) == -fldj(x)", ildj, -fldj, rtol, atol)
+
+
+def assert_graph_consistent(
+    bijector, x, event_ndims: int | None = None, jit_compile: bool = True,
+    rtol: float = 1e-5, atol: float = 1e-5,
+) -> None:
+    """Eager, ``tf.function`` and (optionally) XLA-compiled results agree."""
+    x = tf.convert_to_tensor(x)
+    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+
+    def run(x):
+        y = bijector.forward(x)
+        return (y, bijector.forward_log_det_jacobian(x, event_ndims=n),
+                bijector.inverse(tf.identity(y)), bijector.inverse_log_det_jacobian(y, event_ndims=n))
+
+    eager = run(x)
+    modes = [("tf.function", tf.function(run))]
+    if jit_compile:
+        modes.append(("jit_compile", tf.function(run, jit_compile=True)))
+    for mode, fn in modes:
+        for label, got, want in zip(("forward", "fldj", "inverse", "ildj"), fn(x), eager):
+            _close(f"{mode} vs eager: {label}", got, want, rtol, atol)
+
+
+def assert_variables_trainable(
+    model: keras.Model, x, loss_fn: Callable | None = None, perturb: float = 1e-2, seed: int = 0,
+) -> None:
+    """Every trainable variable is seen by Keras and gets a non-None, non-zero gradient.
+
+    Zero-initialised output layers make the gradients of earlier layers exactly zero at
+    initialisation, so the weights are temporarily perturbed by ``N(0, perturb²)`` noise
+    (and restored afterwards) before taking the gradient of ``loss_fn(model, x)``
+    (default: ``mean(model(x))``).
+
+    Raises:
+      AssertionError: if Keras sees no trainable variable, or a variable gets a
+        ``None`` or all-zero gradient (listed by path).
+    """
+    variables = list(model.trainable_variables)
+    if not variables:
+        raise AssertionError(
+            f"{type(model).__name__} has no trainable variables visible to Keras: fit would "
+            "train nothing"
+        )
+    loss_fn = loss_fn or (lambda m, x: tf.reduce_mean(m(x)))
+    saved = [v.numpy() for v in variables]
+    rng = np.random.default_rng(seed)
+    try:
+        for v, s in zip(variables, saved):
+            v.assign(s + perturb * rng.standard_normal(s.shape).astype(s.dtype))
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model, x)
+        grads = tape.gradient(loss, variables)
+    finally:
+        for v, s in zip(variables, saved):
+            v.assign(s)
+    none = [v.path for v, g in zip(variables, grads) if g is None]
+    zero = [v.path for v, g in zip(variables, grads)
+            if g is not None and not np.any(np.asarray(tf.convert_to_tensor(g)))]
+    if none or zero:
+        raise AssertionError(
+            f"variables without a gradient: {none}; variables with an all-zero gradient: {zero}"
+        )
+
+
+def check_bijector(
+    bijector, event_shape: Sequence[int], dtype=tf.float64, scale: float = 1.0,
+    autodiff_tol: float | None = None, tol: float | None = None, jit_compile: bool = True,
+) -> None:
+    """Runs every bijector check; use ``dtype=tf.float64`` for the tight autodiff comparison.
+
+    Args:
+      bijector: the bijector under test (its event shape is ``event_shape``).
+      event_shape: the event shape to test with.
+      dtype: input dtype; float64 gives the ``1e-10`` autodiff tolerance.
+      scale: standard deviation of the random inputs.
+      autodiff_tol: tolerance of the autodiff comparison (default 1e-10 for float64,
+        1e-4 otherwise).
+      tol: tolerance of the other comparisons (default 1e-9 for float64, 1e-4 otherwise).
+      jit_compile: also compare against an XLA-compiled run.
+    """
+    f64 = tf.as_dtype(dtype) == tf.float64
+    autodiff_tol = autodiff_tol if autodiff_tol is not None else (1e-10 if f64 else 1e-4)
+    tol = tol if tol is not None else (1e-9 if f64 else 1e-4)
+    n = len(tuple(event_shape))
+    x = random_input((4,), event_shape, dtype, scale=scale)
+    assert_round_trip(bijector, x, rtol=tol, atol=tol)
+    assert_log_det_consistent(bijector, x, event_ndims=n, rtol=tol, atol=tol)
+    assert_log_det_matches_autodiff(bijector, x, event_ndims=n, atol=autodiff_tol, rtol=autodiff_tol)
+    assert_batch_shapes(bijector, event_shape, dtype, rtol=tol, atol=tol)
+    assert_graph_consistent(bijector, x, event_ndims=n, jit_compile=jit_compile, rtol=tol, atol=tol)

@@ -183,8 +183,8 @@ def stabilise_log_scale(
     * ``"tanh"``: ``s = c * tanh(h)`` with a learned per-unit ``c`` (RealNVP's code).
     * ``"sigmoid"``: ``s = log(sigmoid(h + 2))`` (Glow): scale in ``(0, 1)``,
       ``0.88`` at ``h = 0``, so a zero-initialised coupling starts as a mild contraction.
-    * ``"soft_clamp"``: ``s = (2c/pi) * atan(h / c)`` with ``c = clamp``: ``|s| < c``,
-      slope 1 at 0 (FrEIA-style).
+    * ``"soft_clamp"``: ``s = (2c/pi) * atan(pi h / (2c))`` with ``c = clamp``: ``|s| < c``,
+      slope 1 at 0 (like FrEIA's atan clamp, rescaled so small ``h`` pass unchanged).
 
     Args:
       h: raw conditioner output.
@@ -205,4 +205,4 @@ def stabilise_log_scale(
     if name == "sigmoid":
         return tf.math.log_sigmoid(h + tf.constant(2.0, h.dtype))
     c = tf.constant(clamp, h.dtype)
-    return (2.0 / math.pi) * c * tf.atan(h / c)
+    return (2.0 / math.pi) * c * tf.atan((math.pi / 2.0) * h / c)

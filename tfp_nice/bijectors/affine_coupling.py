@@ -25,7 +25,7 @@ class AffineCoupling(CouplingBase):
     ``scale`` picks the stabiliser (see :func:`tfp_nice._math.stabilise_log_scale`):
     ``"tanh"`` (``s = c * tanh(h)``, learned ``c``; default, RealNVP's code), ``"exp"``
     (``s = h``), ``"sigmoid"`` (``s = log sigmoid(h + 2)``, Glow) or ``"soft_clamp"``
-    (``s = 2c/pi * atan(h / c)``, ``c = clamp``).
+    (``s = 2c/pi * atan(pi h / 2c)``, ``c = clamp``).
 
     One conditioner call serves both a pass and its log-det: ``_inverse`` stores the
     log-det in TFP's bijector cache, so ``TransformedDistribution.log_prob`` runs the

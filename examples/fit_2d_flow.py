@@ -37,7 +37,7 @@ def main(argv=None) -> float:
     train, test = two_moons(args.samples, 0), two_moons(1024, 1)
 
     steps = []  # tfb.Chain order: the first step is nearest the data
-    for i in range(args.num_couplings):
+    for _ in range(args.num_couplings):
         net = tn.MLPConditioner(output_units=2, hidden_units=(args.hidden, args.hidden))
         steps += [tn.AffineCoupling(net, num_masked=1, scale="tanh"), tfb.Permute([1, 0])]
     model = tn.FlowModel(tn.priors.standard_normal([2]), steps[:-1])

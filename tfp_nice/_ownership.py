@@ -75,11 +75,15 @@ def _is_template(obj: Any) -> bool:
 
 def _is_tf_keras_layer(obj: Any) -> bool:
     mod = type(obj).__module__ or ""
-    return (mod.startswith("tf_keras") or mod.startswith("keras.src.legacy")
-            or ".keras." in mod and mod.startswith("tensorflow")) and hasattr(obj, "trainable_weights")
+    legacy = mod.startswith(("tf_keras", "keras.src.legacy")) or (
+        mod.startswith("tensorflow") and ".keras." in mod
+    )
+    return legacy and hasattr(obj, "trainable_weights")
 
 
-def collect(obj: Any, path: str, found: Ownership | None = None, _seen: set | None = None) -> Ownership:
+def collect(
+    obj: Any, path: str, found: Ownership | None = None, _seen: set | None = None
+) -> Ownership:
     """Walks ``obj`` (bijector, distribution, layer or nested structure) and records its state."""
     found = found if found is not None else Ownership()
     seen = _seen if _seen is not None else set()

@@ -7,7 +7,7 @@ the roles, so consecutive couplings alternate.
 
 Kinds (the last three follow RealNVP [2] §3.4 and the NICE paper's [1] alternation):
 
-* :func:`half` — the first ``num_masked`` units (``num_masked < 0``: the last), like ``tfb.RealNVP``;
+* :func:`half` — the first ``num_masked`` units (``num_masked < 0``: the last), as ``tfb.RealNVP``;
 * :func:`even_odd` — even or odd positions of a vector;
 * :func:`checkerboard` — spatial checkerboard over ``[H, W, C]`` images;
 * :func:`channel` — the first half of the channels of ``[H, W, C]`` images.
@@ -42,7 +42,8 @@ def _as_shape(event_shape: int | Sequence[int], arg: str = "event_shape") -> tup
         ) from None
     if not shape or any(d <= 0 for d in shape):
         raise ValueError(
-            f"`{arg}` must be a non-empty sequence of positive ints. Received: {arg}={event_shape!r}"
+            f"`{arg}` must be a non-empty sequence of positive ints. "
+            f"Received: {arg}={event_shape!r}"
         )
     return shape
 

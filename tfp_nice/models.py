@@ -156,8 +156,9 @@ class FlowModel(keras.Model):
         got = tuple(x.shape[x.shape.rank - n :]) if x.shape.rank is not None else None
         if x.shape.rank is None or x.shape.rank < n or got != self._event_shape:
             raise ValueError(
-                f"FlowModel: `{arg}` must have shape [batch, {', '.join(map(str, self._event_shape))}]"
-                f" (event shape {list(self._event_shape)}). Received: {arg}.shape={x.shape}"
+                f"FlowModel: `{arg}` must have shape "
+                f"[batch, {', '.join(map(str, self._event_shape))}] "
+                f"(event shape {list(self._event_shape)}). Received: {arg}.shape={x.shape}"
             )
         return tf.cast(x, self._flow_dtype) if x.dtype != self._flow_dtype else x
 
@@ -210,7 +211,9 @@ class FlowModel(keras.Model):
         config = super().get_config()
         config.update(
             base_distribution=serialization.serialize(self._flow.base, "base_distribution"),
-            steps=[serialization.serialize(s, f"steps[{i}]") for i, s in enumerate(self._flow.steps)],
+            steps=[
+                serialization.serialize(s, f"steps[{i}]") for i, s in enumerate(self._flow.steps)
+            ],
         )
         return config
 

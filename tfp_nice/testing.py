@@ -159,8 +159,12 @@ def assert_graph_consistent(
 
     def run(x):
         y = bijector.forward(x)
-        return (y, bijector.forward_log_det_jacobian(x, event_ndims=n),
-                bijector.inverse(tf.identity(y)), bijector.inverse_log_det_jacobian(y, event_ndims=n))
+        return (
+            y,
+            bijector.forward_log_det_jacobian(x, event_ndims=n),
+            bijector.inverse(tf.identity(y)),
+            bijector.inverse_log_det_jacobian(y, event_ndims=n),
+        )
 
     eager = run(x)
     modes = [("tf.function", tf.function(run))]
@@ -235,6 +239,8 @@ def check_bijector(
     x = random_input((4,), event_shape, dtype, scale=scale)
     assert_round_trip(bijector, x, rtol=tol, atol=tol)
     assert_log_det_consistent(bijector, x, event_ndims=n, rtol=tol, atol=tol)
-    assert_log_det_matches_autodiff(bijector, x, event_ndims=n, atol=autodiff_tol, rtol=autodiff_tol)
+    assert_log_det_matches_autodiff(
+        bijector, x, event_ndims=n, atol=autodiff_tol, rtol=autodiff_tol
+    )
     assert_batch_shapes(bijector, event_shape, dtype, rtol=tol, atol=tol)
     assert_graph_consistent(bijector, x, event_ndims=n, jit_compile=jit_compile, rtol=tol, atol=tol)

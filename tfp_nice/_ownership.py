@@ -73,11 +73,17 @@ def _is_template(obj: Any) -> bool:
     return type(obj).__name__ in ("Template", "EagerTemplate") and hasattr(obj, "variable_scope")
 
 
-def _is_tf_keras_layer(obj: Any) -> bool:
-    mod = type(obj).__module__ or ""
-    legacy = mod.startswith(("tf_keras", "keras.src.legacy")) or (
+def _is_tf_keras_class(cls: type) -> bool:
+    mod = cls.__module__ or ""
+    return mod.startswith(("tf_keras", "keras.src.legacy")) or (
         mod.startswith("tensorflow") and ".keras." in mod
     )
+
+
+def _is_tf_keras_layer(obj: Any) -> bool:
+    # Look through the MRO: tfb.AutoregressiveNetwork is defined in TFP but subclasses
+    # tf_keras.layers.Layer, so its own __module__ does not reveal it.
+    legacy = any(_is_tf_keras_class(c) for c in type(obj).__mro__)
     return legacy and hasattr(obj, "trainable_weights")
 
 

@@ -58,7 +58,13 @@ class MLPConditioner(keras.layers.Layer):
             raise ValueError(
                 f"`output_units` must be a positive int. Received: output_units={output_units!r}"
             )
-        hidden_units = tuple(hidden_units)
+        try:
+            hidden_units = tuple(hidden_units)
+        except TypeError:
+            raise ValueError(
+                "`hidden_units` must be a sequence of positive ints, e.g. (64, 64). "
+                f"Received: hidden_units={hidden_units!r}"
+            ) from None
         if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in hidden_units):
             raise ValueError(
                 "`hidden_units` must be a sequence of positive ints. "

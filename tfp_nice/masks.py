@@ -32,10 +32,9 @@ __all__ = ["Mask", "half", "even_odd", "checkerboard", "channel", "as_mask"]
 
 
 def _as_shape(event_shape: int | Sequence[int], arg: str = "event_shape") -> tuple[int, ...]:
-    if isinstance(event_shape, (int, np.integer)):
-        event_shape = (int(event_shape),)
+    dims = (event_shape,) if isinstance(event_shape, (int, np.integer)) else event_shape
     try:
-        shape = tuple(int(d) for d in event_shape)
+        shape = tuple(int(d) for d in dims)
     except (TypeError, ValueError):
         raise ValueError(
             f"`{arg}` must be a sequence of positive ints. Received: {arg}={event_shape!r}"
@@ -61,22 +60,7 @@ class Mask:
     """
 
     def __init__(self, pattern: Any, kind: str = "custom"):
-        pattern = np.asarray(pattern)
-        if pattern.dtype != bool:
-            if not np.isin(pattern, (0, 1)).all():
-                raise ValueError(
-                    "`pattern` must be boolean (or 0/1). "
-                    f"Received values {np.unique(pattern)[:5].tolist()}"
-                )
-            pattern = pattern.astype(bool)
-        if pattern.ndim == 0:
-            raise ValueError("`pattern` must have at least one dimension. Received a scalar")
-        n1 = int(pattern.sum())
-        if n1 == 0 or n1 == pattern.size:
-            raise ValueError(
-                "`pattern` must mark at least one unit to pass through and one to transform. "
-                f"Received: {n1} of {pattern.size} units marked True"
-            )
+        pattern = _check_pattern(pattern, "pattern")
         self._pattern = pattern
         self._pattern.setflags(write=False)
         self.kind = kind
@@ -167,7 +151,7 @@ def half(
     Raises:
       ValueError: if the resolved count is not in ``[1, D - 1]`` (or ``[-(D-1), -1]``).
     """
-    (d,) = _as_shape(event_size, "event_size")
+    d = _as_size(event_size)
     if (num_masked is None) == (fraction_masked is None):
         raise ValueError(
             "Exactly one of `num_masked` and `fraction_masked` must be given. "
@@ -201,7 +185,7 @@ def half(
 
 def even_odd(event_size: int, parity: str = "even") -> Mask:
     """Units at even (``parity="even"``) or odd positions pass through (NICE's alternation)."""
-    (d,) = _as_shape(event_size, "event_size")
+    d = _as_size(event_size)
     _check_parity(parity)
     pattern = (np.arange(d) % 2) == (0 if parity == "even" else 1)
     return Mask(pattern, kind="even_odd")
@@ -246,7 +230,38 @@ def as_mask(mask: Any, arg: str = "mask") -> Mask:
         raise TypeError(
             f"`{arg}` must be a tfp_nice.masks.Mask or a boolean array. Received: {arg}={mask!r}"
         )
-    return Mask(arr)
+    return Mask(_check_pattern(arr, arg))
+
+
+def _check_pattern(pattern: Any, arg: str) -> np.ndarray:
+    """Validates a pass-through pattern; errors name ``arg`` (``pattern`` or ``mask``)."""
+    pattern = np.asarray(pattern)
+    if pattern.dtype != bool:
+        if not np.isin(pattern, (0, 1)).all():
+            raise ValueError(
+                f"`{arg}` must be boolean (or 0/1). "
+                f"Received values {np.unique(pattern)[:5].tolist()}"
+            )
+        pattern = pattern.astype(bool)
+    if pattern.ndim == 0:
+        raise ValueError(f"`{arg}` must have at least one dimension. Received a scalar")
+    n1 = int(pattern.sum())
+    if n1 == 0 or n1 == pattern.size:
+        raise ValueError(
+            f"`{arg}` must mark at least one unit to pass through and one to transform. "
+            f"Received: {arg} with {n1} of {pattern.size} units marked True"
+        )
+    return pattern
+
+
+def _as_size(event_size: int, arg: str = "event_size") -> int:
+    shape = _as_shape(event_size, arg)
+    if len(shape) != 1:
+        raise ValueError(
+            f"`{arg}` must be a positive int (the size of a vector event; use checkerboard or "
+            f"channel masks for images). Received: {arg}={event_size!r}"
+        )
+    return shape[0]
 
 
 def _check_parity(parity: str) -> None:

@@ -22,9 +22,11 @@ __all__ = ["standard_normal", "standard_logistic", "get"]
 
 
 def _shape(event_shape: int | Sequence[int]) -> list[int]:
-    if isinstance(event_shape, int):
-        event_shape = [event_shape]
-    shape = [int(d) for d in event_shape]
+    dims = [event_shape] if isinstance(event_shape, int) else event_shape
+    try:
+        shape = [int(d) for d in dims]
+    except (TypeError, ValueError):
+        shape = []
     if not shape or any(d < 1 for d in shape):
         raise ValueError(
             "`event_shape` must be a non-empty sequence of positive ints. "

@@ -87,7 +87,9 @@ class CouplingBase(tfb.Bijector):
             if num_masked is not None and (
                 isinstance(num_masked, bool) or not isinstance(num_masked, (int, np.integer))
             ):
-                raise TypeError(f"{owner}: `num_masked` must be an int. Received: {num_masked!r}")
+                raise TypeError(
+                    f"{owner}: `num_masked` must be an int. Received: num_masked={num_masked!r}"
+                )
             if num_masked == 0:
                 raise ValueError(
                     f"{owner}: `num_masked` must be in [1, D - 1] (negative: the last units). "

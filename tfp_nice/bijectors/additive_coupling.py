@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from tfp_nice import _math
-from tfp_nice.bijectors._coupling import CouplingBase
+from tfp_nice.bijectors._coupling import CouplingBase, check_floating
 
 __all__ = ["AdditiveCoupling"]
 
@@ -81,9 +81,11 @@ class AdditiveCoupling(CouplingBase):
         return mask.merge(y1, _math.additive_inverse(y2, self._shift(y1, mask.num_transformed)))
 
     def _forward_log_det_jacobian(self, x):
+        check_floating(x, "AdditiveCoupling", "x")
         return tf.zeros([], dtype=x.dtype)
 
     def _inverse_log_det_jacobian(self, y):
+        check_floating(y, "AdditiveCoupling", "y")
         return tf.zeros([], dtype=y.dtype)
 
     def get_config(self) -> dict:

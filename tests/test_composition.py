@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tf_keras
 
 import tfp_nice
 from tfp_nice import AdditiveCoupling, AffineCoupling, FlowModel, MLPConditioner, masks, priors
@@ -41,12 +42,21 @@ def _additive(d2: int, **split) -> AdditiveCoupling:
     return AdditiveCoupling(_mlp(d2), **split)
 
 
-def _maf() -> tfb.MaskedAutoregressiveFlow:
-    return tfb.MaskedAutoregressiveFlow(
-        shift_and_log_scale_fn=tfb.AutoregressiveNetwork(
-            params=2, hidden_units=[16], dtype=tf.float64
+def _maf(event_size: int = 4) -> tfb.MaskedAutoregressiveFlow:
+    """A float64 MAF. ``tfb.AutoregressiveNetwork(dtype=tf.float64)`` builds its hidden
+    ``tf_keras.layers.Activation`` without a dtype, so with tf_keras' default floatx the hidden
+    activations are rounded to float32 (~1e-8 relative error, enough to break 1e-10 log-det
+    checks of a chain). Building it under floatx float64 keeps every layer in float64."""
+    old = tf_keras.backend.floatx()
+    tf_keras.backend.set_floatx("float64")
+    try:
+        net = tfb.AutoregressiveNetwork(
+            params=2, hidden_units=[16], event_shape=[event_size], dtype=tf.float64
         )
-    )
+        net.build((None, event_size))
+    finally:
+        tf_keras.backend.set_floatx(old)
+    return tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=net)
 
 
 def _x(batch_shape, event_shape, seed: int = 7) -> tf.Tensor:
@@ -166,11 +176,13 @@ def test_rank_changing_chain_round_trips_and_log_dets_are_consistent():
     fldj = chain.forward_log_det_jacobian(tf.identity(z), event_ndims=1)
     ildj = chain.inverse_log_det_jacobian(tf.identity(x), event_ndims=3)
     np.testing.assert_allclose(fldj.numpy(), -ildj.numpy(), rtol=1e-9, atol=1e-9)
-    # fldj against slogdet of the autodiff Jacobian of the flattened map [4] -> [4].
+    # fldj against slogdet of the autodiff Jacobian of the flattened map [4] -> [4]. A fresh
+    # tensor: `chain.forward(z)` would return the cached x, a constant to the tape.
+    z_fresh = tf.constant(z.numpy())
     with tf.GradientTape() as tape:
-        tape.watch(z)
-        x_flat = tf.reshape(chain.forward(z), [5, 4])
-    jac = tape.batch_jacobian(x_flat, z).numpy()
+        tape.watch(z_fresh)
+        x_flat = tf.reshape(chain.forward(z_fresh), [5, 4])
+    jac = tape.batch_jacobian(x_flat, z_fresh).numpy()
     sign, logdet = np.linalg.slogdet(jac)
     assert np.all(sign != 0)
     np.testing.assert_allclose(fldj.numpy(), logdet, rtol=TOL, atol=TOL)
@@ -189,12 +201,13 @@ def _hand_log_prob(base, steps, x: tf.Tensor) -> tuple[np.ndarray, tf.Tensor]:
         event_in = y.shape[1:]
         d = event_in.num_elements()
         flat = tf.reshape(y, [batch, d])
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:  # persistent: eager loop, no pfor trace
             tape.watch(flat)
             z = step.inverse(tf.reshape(flat, [batch] + event_in.as_list()))
             z_flat = tf.reshape(z, [batch, -1])
         assert z_flat.shape[-1] == d
-        jac = tape.batch_jacobian(z_flat, flat).numpy()
+        jac = tape.batch_jacobian(z_flat, flat, experimental_use_pfor=False).numpy()
+        del tape
         sign, logdet = np.linalg.slogdet(jac)
         assert np.all(sign != 0), f"singular Jacobian in step {step.name}"
         total_ildj += logdet
@@ -275,7 +288,7 @@ def _mixed_flow():
     steps = [
         first,
         tfb.Permute([2, 3, 0, 1]),
-        tfb.Shift(shift),
+        tfb.Shift(tfp_nice.keras_parameter(shift)),
         tfb.Invert(inverted),
         additive,
     ]
@@ -290,10 +303,19 @@ def test_flow_model_log_prob_equals_transformed_distribution_log_prob():
     want = tfd.TransformedDistribution(base, tfb.Chain(steps)).log_prob(x).numpy()
     got = model.log_prob(x).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(model(x).numpy(), -want, rtol=0, atol=1e-12)
     # ... and the hand-computed change of variables.
     hand, _ = _hand_log_prob(base, steps, x)
     np.testing.assert_allclose(got, hand, rtol=0, atol=TOL)
+
+
+def test_flow_model_call_on_a_float64_flow_is_the_float64_negative_log_prob():
+    # `model(x)` is what fit/evaluate minimise; on a float64 flow it must not round x to float32.
+    model, base, steps, _, _ = _mixed_flow()
+    x = _x((6,), [4], seed=3)
+    want = tfd.TransformedDistribution(base, tfb.Chain(steps)).log_prob(x).numpy()
+    nll = model(x)
+    assert nll.dtype == F64
+    np.testing.assert_allclose(nll.numpy(), -want, rtol=0, atol=1e-12)
 
 
 def test_flow_model_owns_exactly_the_conditioner_tanh_scale_and_shift_variables():
@@ -301,7 +323,7 @@ def test_flow_model_owns_exactly_the_conditioner_tanh_scale_and_shift_variables(
     expected = []
     for coupling in (first, inverted, additive):
         expected += coupling.conditioner.trainable_variables
-    tanh_scales = [c._tanh_scale for c in (first, inverted)]  # noqa: SLF001
+    tanh_scales = [c.keras_layers[-1] for c in (first, inverted)]
     assert all(isinstance(t, tfp_nice.TanhScale) for t in tanh_scales)
     for t in tanh_scales:
         expected += t.trainable_variables
@@ -327,11 +349,19 @@ def test_flow_model_fit_updates_the_shift_keras_variable():
     kernel_before = first.conditioner.out.kernel.numpy().copy()
     model.compile(optimizer=keras.optimizers.Adam(0.05))
     data = np.random.default_rng(0).standard_normal([64, 4]) + 3.0
-    model.fit(data, epochs=2, batch_size=32, verbose=0)
+    model.fit(data, epochs=1, batch_size=32, verbose=0)
     assert not np.allclose(first.conditioner.out.kernel.numpy(), kernel_before)
     assert not np.allclose(shift.numpy(), before), (
         "model.fit left the tfb.Shift Keras variable unchanged: the step does not use it"
     )
+
+
+def test_flow_model_refuses_a_keras_variable_passed_directly_to_tfb_shift():
+    # TFP copies a raw keras.Variable into a constant, so the model must refuse it rather than
+    # silently never train it.
+    shift = keras.Variable(np.zeros(4), dtype="float64", name="raw_shift")
+    with pytest.raises(ValueError, match="keras_parameter"):
+        FlowModel(priors.standard_normal([4], F64), [_affine(2, num_masked=2), tfb.Shift(shift)])
 
 
 def test_flow_model_with_shift_keras_variable_passes_variables_trainable_check():
@@ -378,3 +408,15 @@ def test_transformed_distribution_log_prob_calls_each_conditioner_once(kind):
     assert lp.shape == (5,) and np.all(np.isfinite(lp.numpy()))
     assert [c.calls for c in conds] == [1, 1, 1]
     assert sum(c.calls for c in conds) == 3
+
+
+def test_flow_model_log_prob_calls_each_conditioner_once():
+    conds = [CountingConditioner(4) for _ in range(3)]
+    steps = [AffineCoupling(conds[0], num_masked=2), tfb.Permute([3, 2, 1, 0]),
+             tfb.Invert(AffineCoupling(conds[1], num_masked=2)), tfb.Permute([1, 0, 3, 2]),
+             AffineCoupling(conds[2], num_masked=-2)]
+    model = FlowModel(priors.standard_normal([4], F64), steps)  # builds the layers
+    for c in conds:
+        c.calls = 0
+    model.log_prob(_x((5,), [4], seed=2))
+    assert [c.calls for c in conds] == [1, 1, 1]

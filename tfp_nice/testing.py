@@ -57,9 +57,13 @@ def _event_ndims(bijector, event_shape) -> int:
 def _close(name: str, got, want, rtol: float, atol: float) -> None:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     got, want = np.broadcast_arrays(got, want)
-    err = np.abs(got - want)
-    tol = atol + rtol * np.abs(want)
-    if not np.all(np.isfinite(got)) or np.any(err > tol):
+    finite = np.isfinite(got) & np.isfinite(want)
+    with np.errstate(invalid="ignore"):
+        err = np.where(finite, np.abs(got - want), np.inf)
+    tol = atol + rtol * np.where(finite, np.abs(want), 0.0)
+    # Non-finite values never pass, even against an equal non-finite expectation:
+    # a singular Jacobian (slogdet = -inf) must not be "matched" by anything.
+    if not np.all(finite) or np.any(err > tol):
         worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.size else ()
         raise AssertionError(
             f"{name}: max abs error {np.nanmax(err) if err.size else 0:.3e} exceeds atol={atol:g} "
@@ -135,9 +139,19 @@ def assert_batch_shapes(
                 f"batch shape {tuple(batch_shape)}: forward changed the shape {tuple(x.shape)} "
                 f"-> {tuple(y.shape)}"
             )
-        fldj = tf.broadcast_to(bijector.forward_log_det_jacobian(x, event_ndims=n), batch_shape)
-        ildj = tf.broadcast_to(bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n),
-                               batch_shape)
+        fldj = bijector.forward_log_det_jacobian(x, event_ndims=n)
+        ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n)
+        for name, ldj in (("fldj", fldj), ("ildj", ildj)):
+            try:
+                ok = np.broadcast_shapes(tuple(ldj.shape), tuple(batch_shape)) == tuple(batch_shape)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise AssertionError(
+                    f"batch shape {tuple(batch_shape)}: {name} has shape {tuple(ldj.shape)}, "
+                    "which does not broadcast to the batch shape"
+                )
+        fldj, ildj = tf.broadcast_to(fldj, batch_shape), tf.broadcast_to(ildj, batch_shape)
         flat_x = tf.reshape(x, [-1] + list(event_shape))
         for i in range(flat_x.shape[0]):
             xi = flat_x[i]

@@ -1,0 +1,240 @@
+"""`tfp-nice train | evaluate | sample`: the main job, its files, resumption and bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tfp_nice import cli
+
+TINY = ["--epochs", "2", "--hidden-units", "16", "--num-couplings", "2", "--batch-size", "256"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _cli(*args, cwd=None, timeout=600):
+    """Runs the installed console script in a fresh process (as a user would)."""
+    return subprocess.run([sys.executable, "-m", "tfp_nice.cli", *args], capture_output=True,
+                          text=True, env=ENV, cwd=cwd, timeout=timeout)
+
+
+def _digest(directory):
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, directory)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "moons"
+    code = cli.main(["train", "--model", "realnvp", "--data", "moons", "--out", str(out), *TINY])
+    assert code == 0
+    return out
+
+
+def test_train_writes_every_file_and_metrics(finished_run, capsys):
+    for name in ("model.keras", "metrics.json", "samples.png", "history.csv", "run.json"):
+        assert (finished_run / name).is_file(), name
+    assert any((finished_run / "logs").rglob("*tfevents*"))
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    for key in ("test_nll_nats", "test_bits_per_dim", "epochs", "train_seconds", "num_params",
+                "data", "model", "config"):
+        assert key in metrics, key
+    assert metrics["epochs"] == 2 and metrics["num_params"] > 0
+    np.testing.assert_allclose(metrics["test_bits_per_dim"],
+                               metrics["test_nll_nats"] / (2 * np.log(2)), rtol=1e-6)
+    with open(finished_run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and "val_loss" in rows[0]
+    assert not (finished_run / "backup").exists()
+
+
+def test_evaluate_prints_and_writes_the_same_held_out_nll(finished_run, capsys):
+    assert cli.main(["evaluate", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((finished_run / "evaluation.json").read_text())
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    np.testing.assert_allclose(result["test_nll_nats"], metrics["test_nll_nats"], rtol=1e-5)
+    assert f"{result['test_bits_per_dim']:.4f} bits/dim" in out
+
+
+def test_sample_writes_npy_and_png(finished_run, tmp_path):
+    npy = tmp_path / "s.npy"
+    assert cli.main(["sample", str(finished_run), "-n", "7", "--temperature", "0.7",
+                     "--seed", "3", "--out", str(npy)]) == 0
+    x = np.load(npy)
+    assert x.shape == (7, 2) and np.isfinite(x).all()
+    assert cli.main(["sample", str(finished_run), "-n", "7", "--temperature", "0.7",
+                     "--seed", "3", "--out", str(tmp_path / "again.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), x)
+    assert cli.main(["sample", str(finished_run), "-n", "16", "--out",
+                     str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finished_run_is_refused_and_left_untouched(finished_run, capsys):
+    before = _digest(finished_run)
+    code = cli.main(["train", "--model", "realnvp", "--data", "moons", "--out",
+                     str(finished_run), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "already holds a finished run" in err and "--resume" in err
+    assert err.count("\n") == 1
+    assert _digest(finished_run) == before
+
+
+def test_resume_trains_a_finished_run_further(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "nice", "--data", "moons", "--out", str(out)]
+    assert cli.main([*args, *TINY]) == 0
+    more = ["--epochs", "3", *TINY[2:]]
+    assert cli.main([*args, *more, "--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 3
+    with open(out / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+
+
+def test_overwrite_replaces_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--model", "nice", "--data", "moons", "--out", str(out), *TINY]
+    assert cli.main(base) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert cli.main([*base, "--seed", "5", "--overwrite"]) == 0
+    second = json.loads((out / "metrics.json").read_text())
+    assert second["config"]["seed"] == 5 and first["config"]["seed"] == 0
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]
+
+
+def test_train_on_a_users_uint8_npz_of_28x28_images(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.random((120, 28, 28, 1)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "mine.npz", x_train=x[:100], x_test=x[100:])
+    out = tmp_path / "run"
+    proc = _cli("train", "--data", str(tmp_path / "mine.npz"), "--out", str(out), *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["num_levels"] == 256
+    assert metrics["data"]["event_shape"] == [28, 28, 1]
+    assert 0 < metrics["test_bits_per_dim"] < 12
+    assert "held-out NLL" in proc.stdout and str(out / "samples.png") in proc.stdout
+
+
+def test_killed_run_resumes_with_the_same_command(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tfp_nice.cli", "train", "--model", "nice", "--data", "digits",
+           "--hidden-units", "32", "--num-couplings", "2", "--epochs", "40", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    history = out / "history.csv"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if history.exists() and len(history.read_text().strip().splitlines()) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "metrics.json").exists()
+    killed_at = len(history.read_text().strip().splitlines()) - 1  # epochs logged before kill
+    assert 2 <= killed_at < 40
+    second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Resuming the unfinished run" in second.stdout
+    with open(history) as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    # Resumed, not restarted: epoch 0 appears once; at most the epoch in progress is redone.
+    assert epochs.count(0) == 1
+    assert len(epochs) - len(set(epochs)) <= 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == max(epochs) + 1 <= 40
+
+
+def test_mirrored_strategy_on_two_logical_cpus_matches_single_device(tmp_path):
+    results = []
+    for extra in ([], ["--strategy", "mirrored", "--logical-cpus", "2"]):
+        out = tmp_path / ("mirrored" if extra else "single")
+        proc = _cli("train", "--model", "realnvp", "--data", "moons", "--out", str(out),
+                    *TINY, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.append(json.loads((out / "metrics.json").read_text()))
+    np.testing.assert_allclose(results[1]["test_nll_nats"], results[0]["test_nll_nats"],
+                               rtol=1e-3)
+    with open(tmp_path / "single" / "history.csv") as a, \
+            open(tmp_path / "mirrored" / "history.csv") as b:
+        la = [float(r["loss"]) for r in csv.DictReader(a)]
+        lb = [float(r["loss"]) for r in csv.DictReader(b)]
+    np.testing.assert_allclose(lb, la, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "corrupt.npz").write_bytes(os.urandom(300))
+    np.savez(d / "names.npz", images=np.zeros((50, 4), np.float32))
+    x = np.random.default_rng(0).random((50, 4)).astype(np.float32)
+    x[3, 1] = np.nan
+    np.save(d / "nan.npy", x)
+    np.save(d / "range.npy", np.full((50, 4), 300.0, np.float32))
+    np.save(d / "dims.npy", np.zeros((50, 2, 2, 2, 2), np.float32))
+    return d
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{d}/missing.npz"], "missing.npz"),
+    (["--data", "{d}/corrupt.npz"], "corrupt.npz"),
+    (["--data", "{d}/names.npz"], "images"),
+    (["--data", "{d}/nan.npy"], "NaN"),
+    (["--data", "{d}/range.npy", "--value-range", "0,255"], "300"),
+    (["--data", "{d}/dims.npy"], "ndim 5"),
+    (["--data", "mnist-offline-typo"], "mnist-offline-typo"),
+    (["--model", "glow"], "glow"),
+    (["--epochs", "0"], "epochs"),
+    (["--epochs", "-3"], "epochs"),
+    (["--batch-size", "abc"], "batch-size"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(bad_files, tmp_path, capsys, args,
+                                                         message):
+    out = tmp_path / "out"
+    args = [a.replace("{d}", str(bad_files)) for a in args]
+    code = _exit_code(["train", "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tfp-nice: error:") and message in last, err
+    assert not (out / "metrics.json").exists() and not (out / "model.keras").exists()
+
+
+def _exit_code(argv):
+    """cli.main's return value, or the code of argparse's SystemExit for usage errors."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_wrong_dimensionality_for_a_trained_model_is_refused(finished_run, tmp_path, capsys):
+    np.save(tmp_path / "three.npy", np.random.default_rng(0).random((60, 3)).astype(np.float32))
+    code = cli.main(["evaluate", str(finished_run), "--data", str(tmp_path / "three.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and "event shape [3]" in err and "[2]" in err
+
+
+def test_evaluate_missing_run_is_one_line_exit_2(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "No model at" in capsys.readouterr().err

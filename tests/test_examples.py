@@ -21,3 +21,18 @@ def test_fit_2d_flow_example_improves_log_likelihood(capsys):
     out = capsys.readouterr().out
     before = float(out.split("held-out log-likelihood: ")[1].split(" ->")[0])
     assert ll > before + 0.3, out
+
+
+def test_train_nice_digits_example_beats_the_uniform_baseline(capsys):
+    bpd = _load("train_nice_digits").main(["--epochs", "8", "--hidden", "32", "--layers", "2"])
+    assert 0 < bpd < 4.09, capsys.readouterr().out  # log2(17) = 4.09: uniform over the levels
+
+
+def test_train_realnvp_2d_example_learns_and_writes_a_plot(tmp_path, capsys):
+    out = tmp_path / "plot.png"
+    after = _load("train_realnvp_2d").main(["--epochs", "3", "--num-samples", "4000",
+                                            "--out", str(out)])
+    text = capsys.readouterr().out
+    before = float(text.split("held-out NLL ")[1].split(" ->")[0])
+    assert after < before - 0.3, text
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -37,16 +37,17 @@ tfb = tfp.bijectors
 __all__ = ["rescale", "logit", "bits_per_dim"]
 
 
-def rescale(scale: float, low: float = 0.0) -> list:
+def rescale(scale: float, low: float = 0.0, dtype=np.float32) -> list:
     """Steps whose inverse maps ``[low, low + scale)`` to ``[0, 1)``: ``u = (x - low) / scale``."""
     scale = float(scale)
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(f"`scale` must be a positive finite float. Received: scale={scale!r}")
-    steps = [tfb.Shift(np.float32(low))] if low else []
-    return steps + [tfb.Scale(np.float32(scale))]
+    dtype = tf.as_dtype(dtype).as_numpy_dtype
+    steps = [tfb.Shift(dtype(low))] if low else []
+    return steps + [tfb.Scale(dtype(scale))]
 
 
-def logit(alpha: float = 0.05) -> list:
+def logit(alpha: float = 0.05, dtype=np.float32) -> list:
     """Steps whose inverse is RealNVP's ``x -> logit(α + (1 - 2α) x)`` on ``x ∈ [0, 1]``.
 
     Forward (latent side -> data side): ``x = (sigmoid(h) - α) / (1 - 2α)``.
@@ -55,11 +56,8 @@ def logit(alpha: float = 0.05) -> list:
     alpha = float(alpha)
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"`alpha` must be in (0, 0.5). Received: alpha={alpha!r}")
-    return [
-        tfb.Scale(np.float32(1.0 / (1.0 - 2.0 * alpha))),
-        tfb.Shift(np.float32(-alpha)),
-        tfb.Sigmoid(),
-    ]
+    dtype = tf.as_dtype(dtype).as_numpy_dtype
+    return [tfb.Scale(dtype(1.0 / (1.0 - 2.0 * alpha))), tfb.Shift(dtype(-alpha)), tfb.Sigmoid()]
 
 
 def bits_per_dim(nll_nats, num_dims: int):

@@ -364,6 +364,11 @@ def train(
         else:
             model = build_model(cfg, spec)
             done = 0
+            if hasattr(model, "initialize_scale") and not os.path.isdir(
+                os.path.join(run_dir, "backup")
+            ):
+                first = data_lib.as_dataset(splits.train[:1024], spec, 1024, training=False)
+                model.initialize_scale(next(iter(first)))
         if not model.compiled:
             model.compile(
                 optimizer=keras.optimizers.Adam(hp["learning_rate"]),

@@ -105,5 +105,5 @@ def test_nice_data_dependent_scale_init_matches_the_prior_spread():
     z = model.encode(x).numpy()
     logistic_std = math.pi / math.sqrt(3)
     np.testing.assert_allclose(z[:, [0, 1, 2, 3, 5]].std(0), logistic_std, rtol=1e-3)
-    assert z[:, 4].std() > logistic_std  # the 1e-3 floor keeps constant dims finite
+    assert 0 < z[:, 4].std() < logistic_std  # the 1e-3 floor: no huge scale for constant dims
     assert float(tf.reduce_mean(model(x))) < before - 5

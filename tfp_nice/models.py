@@ -295,6 +295,17 @@ def _vector_mask(kind: str, size: int) -> masks.Mask:
     raise ValueError(f"`mask` must be 'even_odd' or 'half'. Received: mask={kind!r}")
 
 
+def _alternating_couplings(num, first, hidden_units, activation, make, units_per_unit) -> list:
+    """``num`` couplings whose masks alternate ``first`` / its complement (the halves swap)."""
+    steps = []
+    for i in range(num):
+        m = first if i % 2 == 0 else first.complement()
+        net = layers.MLPConditioner(units_per_unit * m.num_transformed, tuple(hidden_units),
+                                    activation, name=f"coupling_{i}_net")
+        steps.append(make(net, m, i))
+    return steps
+
+
 def _data_side_steps(event_shape, data_scale, data_low, logit_alpha) -> list:
     """Preprocessing (nearest the data) and the flatten to a vector, in tfb.Chain order."""
     steps = []
@@ -356,11 +367,11 @@ class NICE(_Preset):
         base = priors.get(prior, [size])
         first = _vector_mask(mask, size)
         steps = _data_side_steps(event_shape, data_scale, data_low, None)
-        for i in range(num_couplings):
-            m = first if i % 2 == 0 else first.complement()
-            net = layers.MLPConditioner(m.num_transformed, tuple(hidden_units), activation,
-                                        name=f"coupling_{i}_net")
-            steps.append(AdditiveCoupling(net, mask=m, name=f"additive_coupling_{i}"))
+        steps += _alternating_couplings(
+            num_couplings, first, hidden_units, activation,
+            lambda net, m, i: AdditiveCoupling(net, mask=m, name=f"additive_coupling_{i}"),
+            units_per_unit=1,
+        )
         steps.append(DiagonalScale([size], name="diagonal_scale"))
         super().__init__(base, steps, **kwargs)
         self._preset_config = dict(
@@ -443,11 +454,11 @@ class RealNVP(_Preset):
         base = priors.get(prior, [size])
         first = _vector_mask(mask, size)
         steps = _data_side_steps(event_shape, data_scale, data_low, logit_alpha)
-        for i in range(num_couplings):
-            m = first if i % 2 == 0 else first.complement()
-            net = layers.MLPConditioner(2 * m.num_transformed, tuple(hidden_units), activation,
-                                        name=f"coupling_{i}_net")
-            steps.append(AffineCoupling(net, mask=m, scale=scale, name=f"affine_coupling_{i}"))
+        steps += _alternating_couplings(
+            num_couplings, first, hidden_units, activation,
+            lambda net, m, i: AffineCoupling(net, mask=m, scale=scale, name=f"affine_coupling_{i}"),
+            units_per_unit=2,
+        )
         super().__init__(base, steps, **kwargs)
         self._preset_config = dict(
             event_shape=list(event_shape), num_couplings=num_couplings,

@@ -45,6 +45,63 @@ def _diag(shape):
     return b
 
 
+def _set_tanh_scale(b, num_transformed):
+    if b.keras_layers[-1:] and isinstance(b.keras_layers[-1], tn.TanhScale):
+        layer = b.keras_layers[-1]
+        layer.build((None, num_transformed))
+        layer.scale.assign(np.linspace(0.5, 1.5, num_transformed))
+    return b
+
+
+def _masked(mask, kind="affine", conditioner="resnet", dtype=F64):
+    """An image coupling whose conv conditioner sees [x * mask, mask] (conditioner_input)."""
+    c = mask.event_shape[-1]
+    out = 2 * c if kind == "affine" else c
+    if conditioner == "resnet":
+        net = tn.ResNetConditioner(out, filters=8, num_blocks=1, zero_init_output=False,
+                                   dtype=dtype)
+    else:
+        net = tn.ConvConditioner(out, filters=(8,), zero_init_output=False, dtype=dtype)
+    if kind == "affine":
+        b = tn.AffineCoupling(net, mask=mask, conditioner_input="masked")
+        return _set_tanh_scale(b, mask.num_transformed)
+    return tn.AdditiveCoupling(net, mask=mask, conditioner_input="masked")
+
+
+def _act_norm(channels=2):
+    b = tn.ActNorm(layer=tn.ActNormLayer(channels, dtype=F64))
+    b.layer.initialize(np.linspace(-0.5, 0.4, channels), np.linspace(-0.6, 0.7, channels))
+    return b
+
+
+def _batch_norm(channels=2, training=None):
+    b = tn.BatchNorm(layer=tn.BatchNormLayer(channels, dtype=F64), training=training)
+    b.layer.moving_mean.assign(np.linspace(-0.3, 0.5, channels))
+    b.layer.moving_variance.assign(np.linspace(0.4, 2.5, channels))
+    b.layer.log_gamma.assign(np.linspace(0.2, -0.3, channels))
+    b.layer.beta.assign(np.linspace(-0.1, 0.3, channels))
+    return b
+
+
+def _factor_out():
+    inner = tfb.Chain([_act_norm(1), _masked(masks.checkerboard([4, 4, 1]))])
+    return tn.FactorOut(inner, num_kept=1)
+
+
+def _multiscale_block():
+    """One RealNVP scale in miniature: squeeze, channel coupling, ordered squeeze, factor-out."""
+    inner = _masked(masks.checkerboard([2, 2, 4], "odd"), kind="additive", conditioner="conv")
+    return tfb.Chain([
+        _masked(masks.checkerboard(IMG)),
+        tfb.Invert(tn.Squeeze()),
+        _masked(masks.channel([2, 2, 8])),
+        tn.Squeeze(),
+        tfb.Invert(tn.Squeeze(channel_order="checkerboard")),
+        tn.FactorOut(inner, num_kept=4),
+        tn.Squeeze(channel_order="checkerboard"),
+    ])
+
+
 IMG = [4, 4, 2]
 FACTORIES = {
     # name: (factory, event_shape)
@@ -66,6 +123,19 @@ FACTORIES = {
     "affine-checkerboard-exp": (lambda: _affine(mask=masks.checkerboard(IMG), scale="exp"), IMG),
     "diagonal_scale-vector": (lambda: _diag([5]), [5]),
     "diagonal_scale-image": (lambda: _diag(IMG), IMG),
+    "masked-affine-checkerboard-resnet": (lambda: _masked(masks.checkerboard(IMG)), IMG),
+    "masked-affine-channel-resnet": (lambda: _masked(masks.channel(IMG, "odd")), IMG),
+    "masked-additive-checkerboard-conv": (
+        lambda: _masked(masks.checkerboard(IMG, "odd"), "additive", "conv"), IMG),
+    "squeeze-channel_major": (lambda: tn.Squeeze(), IMG),
+    "squeeze-checkerboard": (lambda: tn.Squeeze(channel_order="checkerboard"), IMG),
+    "squeeze-factor-3": (lambda: tn.Squeeze(factor=3), [6, 3, 1]),
+    "act_norm-image": (_act_norm, IMG),
+    "act_norm-vector": (lambda: tn.ActNorm(layer=_act_norm(5).layer, event_ndims=1), [5]),
+    "batch_norm-inference": (_batch_norm, IMG),
+    "batch_norm-fixed-inference": (lambda: _batch_norm(training=False), IMG),
+    "factor_out": (_factor_out, IMG),
+    "multiscale-block": (_multiscale_block, IMG),
 }
 
 
@@ -75,7 +145,8 @@ def test_bijector_passes_conformance_kit_in_float64(name):
     testing.check_bijector(factory(), event_shape, dtype=tf.float64, scale=1.5)
 
 
-@pytest.mark.parametrize("name", ["affine-tanh", "additive-checkerboard", "diagonal_scale-image"])
+@pytest.mark.parametrize("name", ["affine-tanh", "additive-checkerboard", "diagonal_scale-image",
+                                  "multiscale-block", "batch_norm-inference"])
 def test_inverse_log_det_matches_autodiff_within_1e_10(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((6,), event_shape, tf.float64, seed=7, scale=2.0)
@@ -165,7 +236,10 @@ def test_float32_conditioner_on_float64_data_returns_float64():
     assert b.forward_log_det_jacobian(x, event_ndims=1).dtype == tf.float64
 
 
-@pytest.mark.parametrize("name", ["affine-tanh", "additive-channel", "diagonal_scale-vector"])
+@pytest.mark.parametrize("name", ["affine-tanh", "additive-channel", "diagonal_scale-vector",
+                                  "masked-affine-checkerboard-resnet",
+                                  "masked-additive-checkerboard-conv", "squeeze-checkerboard",
+                                  "act_norm-image", "batch_norm-inference", "factor_out"])
 def test_bijector_config_round_trip(name):
     factory, event_shape = FACTORIES[name]
     b = factory()

@@ -1,10 +1,12 @@
 """``tfp-nice``: train, evaluate and sample reversible generative models from the shell.
 
-  tfp-nice train [--model nice|realnvp] [--data digits|moons|...|PATH|tfds:NAME] [--epochs N]
+  tfp-nice train [--model nice|realnvp|realnvp-image] [--data digits|moons|...|PATH|tfds:NAME]
+                 [--epochs N] [--num-scales S --num-blocks B --filters F (realnvp-image)]
                  [--batch-size B] [--out DIR] [--seed S] [--strategy none|mirrored]
                  [--resume | --overwrite]
   tfp-nice evaluate RUN_DIR|MODEL.keras [--data ...]
   tfp-nice sample RUN_DIR [-n N] [--temperature T] [--seed S] [--out FILE.png|.npy]
+  tfp-nice export RUN_DIR [--out saved_models/NAME] [--version N] [--max-samples M]
 
 Bad input (missing or corrupt files, wrong arrays, NaN, out-of-range pixels, unknown names,
 a finished ``--out``) ends with a one-line ``tfp-nice: error: ...`` and exit code 2; nothing
@@ -87,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
-    t.add_argument("--model", default="nice", choices=["nice", "realnvp"])
+    t.add_argument("--model", default="nice", choices=["nice", "realnvp", "realnvp-image"],
+                   help="nice | realnvp (vector MLP couplings) | realnvp-image (RealNVP's "
+                        "multi-scale convolutional architecture, image data only)")
     t.add_argument("--data", default="digits",
                    help="digits | moons | rings | checkerboard | 8gaussians | PATH.npy/.npz | "
                         "tfds:NAME (default: digits, offline)")
@@ -96,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=_positive_float, default=None)
     t.add_argument("--num-couplings", type=_positive_int, default=None)
     t.add_argument("--hidden-units", type=_units, default=None, help="e.g. 256,256")
+    t.add_argument("--num-scales", type=_positive_int, default=None,
+                   help="realnvp-image: scales of the multi-scale architecture (default: as many "
+                        "as keep the smallest image >= 4x4, at most 3)")
+    t.add_argument("--num-blocks", type=_positive_int, default=None,
+                   help="realnvp-image: residual blocks per coupling network (default: 2)")
+    t.add_argument("--filters", type=_positive_int, default=None,
+                   help="realnvp-image: feature maps at the first scale (default: 16 for "
+                        "images up to 16x16 pixels, else 32)")
     t.add_argument("--patience", type=_positive_int, default=None,
                    help="early-stopping patience in epochs (default: epochs/4)")
     t.add_argument("--value-range", type=_range, default=None,
@@ -113,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="train a finished run further")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--no-export", action="store_true",
+                   help="skip writing the TF Serving SavedModel RUN_DIR/saved_model/1/")
 
     e = sub.add_parser("evaluate", help="held-out NLL and bits/dim of a trained model")
     e.add_argument("run", help="a run directory or a .keras file")
@@ -125,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_positive_float, default=1.0)
     s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--out", default=None, help="FILE.png or FILE.npy (default: RUN/samples-T.png)")
+
+    x = sub.add_parser("export", help="write a TF Serving SavedModel (NAME/VERSION/) with "
+                                      "log_prob, sample, encode and decode signatures")
+    x.add_argument("run", help="a run directory or a .keras file")
+    x.add_argument("--out", default=None,
+                   help="the model base path, NAME/ (default: saved_models/<run name>)")
+    x.add_argument("--version", type=_positive_int, default=None,
+                   help="version number (default: one more than the largest present, or 1); "
+                        "an existing version is never overwritten")
+    x.add_argument("--max-samples", type=_positive_int, default=100_000,
+                   help="largest n the sample signature accepts (default: 100000)")
     return p
 
 
@@ -150,6 +175,7 @@ def _train(args) -> int:
         learning_rate=args.learning_rate, num_couplings=args.num_couplings,
         hidden_units=args.hidden_units, seed=args.seed, strategy=args.strategy,
         patience=args.patience, value_range=args.value_range, num_levels=args.num_levels,
+        num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
     )
     out = args.out
     if out is None:
@@ -157,13 +183,15 @@ def _train(args) -> int:
         out = training.find_unfinished_run("runs", prefix, cfg) or os.path.join(
             "runs", prefix + time.strftime("%Y%m%d-%H%M%S")
         )
-    metrics = training.train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    metrics = training.train(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                             serving_export=not args.no_export)
     out = os.path.abspath(out)
     print(f"held-out NLL: {metrics['test_nll_nats']:.3f} nats, "
           f"{metrics['test_bits_per_dim']:.4f} bits/dim "
           f"({metrics['epochs']} epochs, best epoch {metrics['best_epoch']}, "
           f"{metrics['train_seconds']:.0f} s)")
-    for name in ("model.keras", "metrics.json", "samples.png", "history.csv", "logs"):
+    for name in ("model.keras", "metrics.json", "samples.png", "history.csv", "logs",
+                 *(["saved_model"] if "saved_model" in metrics else [])):
         print(f"  {name:<13} {os.path.join(out, name)}")
     return 0
 
@@ -228,11 +256,35 @@ def _sample(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from tfp_nice import export, training
+
+    model, meta = training.load_run(args.run)
+    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run))
+    named = run_dir if os.path.basename(args.run) in ("", "model.keras") else args.run
+    out = args.out or os.path.join("saved_models", _slug(os.path.abspath(named)))
+    extra = {"source": args.run}
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        extra["metrics"] = {k: metrics[k] for k in ("test_nll_nats", "test_bits_per_dim")
+                            if k in metrics}
+    except (OSError, ValueError):
+        pass
+    path = export.save_for_serving(model, out, version=args.version, data=meta.get("data"),
+                                   max_samples=args.max_samples, extra_metadata=extra)
+    print(f"SavedModel written to {path}")
+    print("  signatures: serving_default = log_prob(x), sample(n, seed, temperature), "
+          "encode(x), decode(z)")
+    print(f"  serve it:   --model_base_path={os.path.dirname(path)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tfp-nice`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    commands = {"train": _train, "evaluate": _evaluate, "sample": _sample}
+    commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["image_grid", "save_samples_figure"]
+__all__ = ["image_grid", "save_samples_figure", "save_image_panels"]
 
 
 def image_grid(
@@ -70,6 +70,46 @@ def save_samples_figure(
         else:
             ax.imshow(s, aspect="auto", cmap="viridis")
         ax.set_title(f"temperature {t:g}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_image_panels(
+    path: str | os.PathLike,
+    panels: dict[str, np.ndarray],
+    low: float,
+    high: float,
+    columns: int | None = None,
+    title: str = "",
+) -> None:
+    """Writes a PNG with one titled image grid per entry of ``panels`` (``{title: [N, H, W, C]}``).
+
+    Like :func:`save_samples_figure`, written to a temporary name and renamed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(panels)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        grid = image_grid(panels[name], low, high, columns=columns)
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid,
+                  cmap="gray_r" if grid.shape[-1] == 1 else None, vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.axis("off")
+        ax.set_title(name)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

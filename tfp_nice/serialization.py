@@ -45,13 +45,14 @@ def serialize(obj: Any, path: str = "obj") -> Any:
     if type(obj).__name__ in nice and isinstance(obj, nice[type(obj).__name__]):
         return {"__tfp_nice__": type(obj).__name__, "config": obj.get_config()}
     for kind, module in (("bijector", tfp.bijectors), ("distribution", tfp.distributions)):
-        if getattr(module, type(obj).__name__, None) is type(obj):
+        name = _public_tfp_name(module, type(obj))
+        if name is not None:
             params = {
                 k: serialize(v, f"{path}.{k}")
                 for k, v in obj.parameters.items()
                 if k not in _SKIP
             }
-            return {"__tfp__": kind, "class_name": type(obj).__name__, "parameters": params}
+            return {"__tfp__": kind, "class_name": name, "parameters": params}
     if isinstance(obj, (list, tuple)):
         return {"__list__": [serialize(v, f"{path}[{i}]") for i, v in enumerate(obj)]}
     if isinstance(obj, dict):
@@ -71,6 +72,18 @@ def serialize(obj: Any, path: str = "obj") -> Any:
         "Keras layers, tfp_nice bijectors and tfp.bijectors/tfp.distributions classes with such "
         f"parameters can be saved. Received: {obj!r}"
     )
+
+
+def _public_tfp_name(module, cls: type) -> str | None:
+    """The public name of a TFP class; TFP builds e.g. ``tfb.Chain`` of non-composite
+    bijectors as its private base class ``_Chain``, which ``tfb.Chain(...)`` recreates."""
+    name = cls.__name__
+    if getattr(module, name, None) is cls:
+        return name
+    public = getattr(module, name.lstrip("_"), None)
+    if name.startswith("_") and isinstance(public, type) and cls in public.__mro__:
+        return name.lstrip("_")
+    return None
 
 
 def deserialize(config: Any) -> Any:

@@ -73,12 +73,18 @@ def _close(name: str, got, want, rtol: float, atol: float) -> None:
 
 
 def assert_round_trip(bijector, x, rtol: float = 1e-5, atol: float = 1e-5) -> None:
-    """``inverse(forward(x)) == x`` and ``forward(inverse(x)) == x``, computed afresh."""
+    """``inverse(forward(x)) == x`` and ``forward(inverse(x)) == x``, computed afresh.
+
+    For a bijector that changes the event shape (e.g. a squeeze), the second check uses the
+    values of ``x`` reshaped to the output shape.
+    """
     x = tf.convert_to_tensor(x)
     y = bijector.forward(x)
     _close("round trip inverse(forward(x))", bijector.inverse(tf.identity(y)), x, rtol, atol)
-    x2 = bijector.inverse(tf.identity(x))
-    _close("round trip forward(inverse(x))", bijector.forward(tf.identity(x2)), x, rtol, atol)
+    x_out = x if y.shape == x.shape else tf.reshape(x, tf.shape(y))
+    x2 = bijector.inverse(tf.identity(x_out))
+    _close("round trip forward(inverse(x))", bijector.forward(tf.identity(x2)), x_out, rtol,
+           atol)
 
 
 def assert_log_det_consistent(
@@ -129,15 +135,20 @@ def assert_batch_shapes(
     bijector, event_shape: Sequence[int], dtype=tf.float32,
     batch_shapes: Sequence[Sequence[int]] = BATCH_SHAPES, rtol: float = 1e-5, atol: float = 1e-5,
 ) -> None:
-    """For each batch shape, outputs have the right shapes and equal the per-example results."""
+    """For each batch shape, outputs have the right shapes and equal the per-example results.
+
+    The output event shape is ``bijector.forward_event_shape(event_shape)`` (the same as
+    ``event_shape`` unless the bijector reshapes, like a squeeze).
+    """
     n = len(tuple(event_shape))
+    out_event = list(bijector.forward_event_shape(list(event_shape)))
     for batch_shape in batch_shapes:
         x = random_input(batch_shape, event_shape, dtype, seed=len(batch_shape) + 1)
         y = bijector.forward(x)
-        if tuple(y.shape) != tuple(x.shape):
+        if tuple(y.shape) != tuple(batch_shape) + tuple(out_event):
             raise AssertionError(
-                f"batch shape {tuple(batch_shape)}: forward changed the shape {tuple(x.shape)} "
-                f"-> {tuple(y.shape)}"
+                f"batch shape {tuple(batch_shape)}: forward maps {tuple(x.shape)} to "
+                f"{tuple(y.shape)}, expected {tuple(batch_shape) + tuple(out_event)}"
             )
         fldj = bijector.forward_log_det_jacobian(x, event_ndims=n)
         ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n)
@@ -156,7 +167,7 @@ def assert_batch_shapes(
         for i in range(flat_x.shape[0]):
             xi = flat_x[i]
             _close(f"batch {tuple(batch_shape)}: forward of example {i}",
-                   tf.reshape(y, [-1] + list(event_shape))[i], bijector.forward(xi), rtol, atol)
+                   tf.reshape(y, [-1] + out_event)[i], bijector.forward(xi), rtol, atol)
             _close(f"batch {tuple(batch_shape)}: fldj of example {i}",
                    tf.reshape(fldj, [-1])[i], bijector.forward_log_det_jacobian(xi, event_ndims=n),
                    rtol, atol)

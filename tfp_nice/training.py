@@ -8,6 +8,7 @@ A run directory holds::
   history.csv       per-epoch loss / val_loss (Keras CSVLogger)
   logs/             TensorBoard events
   model.keras       the final model, holding the best weights
+  saved_model/1/    the same model for TF Serving (see :mod:`tfp_nice.export`)
   metrics.json      held-out NLL and bits/dim; its presence marks the run finished
   samples.png       samples at temperatures 1.0 and 0.7
 
@@ -36,8 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_nice import data as data_lib
-from tfp_nice import preprocessing
-from tfp_nice.models import NICE, FlowModel, RealNVP
+from tfp_nice import export, preprocessing
+from tfp_nice.models import NICE, FlowModel, RealNVP, RealNVPImage
 
 __all__ = [
     "MODELS",
@@ -49,9 +50,12 @@ __all__ = [
     "load_run",
     "sample_temperatures",
     "train",
+    "write_scale_samples_png",
 ]
 
-MODELS = {"nice": NICE, "realnvp": RealNVP}
+MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage}
+#: Hyper-parameters only the image model takes (``None`` = default; left out of run.json).
+_IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 SAMPLE_TEMPERATURES = (1.0, 0.7)
 
 
@@ -78,13 +82,17 @@ class TrainConfig:
     patience: int | None = None
     value_range: tuple[float, float] | None = None
     num_levels: int | None = None
+    num_scales: int | None = None
+    num_blocks: int | None = None
+    filters: int | None = None
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(
                 f"`model` must be one of {sorted(MODELS)}. Received: model={self.model!r}"
             )
-        for name in ("epochs", "batch_size", "num_couplings", "patience", "num_levels"):
+        for name in ("epochs", "batch_size", "num_couplings", "patience", "num_levels",
+                     *_IMAGE_ONLY):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
@@ -104,6 +112,16 @@ class TrainConfig:
                     "`hidden_units` must be positive integers. "
                     f"Received: hidden_units={self.hidden_units!r}"
                 )
+        image = self.model == "realnvp-image"
+        wrong = [n for n in (("num_couplings", "hidden_units") if image else _IMAGE_ONLY)
+                 if getattr(self, n) is not None]
+        if wrong:
+            hint = ("the image model's size is set by num_scales, num_blocks and filters" if image
+                    else f"only model 'realnvp-image' takes {', '.join(_IMAGE_ONLY)}")
+            raise ValueError(
+                f"`{wrong[0]}` does not apply to model {self.model!r} ({hint}). "
+                f"Received: {wrong[0]}={getattr(self, wrong[0])!r}"
+            )
         if self.strategy not in ("none", "mirrored"):
             raise ValueError(
                 f"`strategy` must be 'none' or 'mirrored'. Received: strategy={self.strategy!r}"
@@ -115,6 +133,9 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         for key in ("hidden_units", "value_range"):
             d[key] = list(d[key]) if d[key] is not None else None
+        for key in _IMAGE_ONLY:  # unset: keep run.json as before these options existed
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -130,6 +151,8 @@ def default_hparams(cfg: TrainConfig, spec: data_lib.DataSpec) -> dict:
     on 2 CPU cores; the NICE paper's MNIST model is ``NICE([784])`` with its defaults.
     """
     small = spec.num_dims <= 16
+    if cfg.model == "realnvp-image":
+        return _image_hparams(cfg, spec)
     if cfg.model == "nice":
         couplings, hidden = 4, ((64, 64) if small else (256,) * 4)
         lr = 1e-3
@@ -146,6 +169,37 @@ def default_hparams(cfg: TrainConfig, spec: data_lib.DataSpec) -> dict:
     }
 
 
+def _default_num_scales(height: int, width: int) -> int:
+    """The most scales (up to 3) whose smallest image is still at least 4x4 pixels."""
+    scales = 1
+    while scales < 3:
+        f = 2**scales
+        if height % f or width % f or min(height, width) // f < 4:
+            break
+        scales += 1
+    return scales
+
+
+def _image_hparams(cfg: TrainConfig, spec: data_lib.DataSpec) -> dict:
+    """Defaults of ``realnvp-image``: 2 residual blocks; 16 base filters for images of at most
+    16x16 pixels (the 8x8 digits: 2 scales), else 32."""
+    if len(spec.event_shape) != 3:
+        raise ValueError(
+            "Model 'realnvp-image' needs image data [height, width, channels]. "
+            f"Received data {spec.name!r} with event shape {list(spec.event_shape)}"
+        )
+    epochs = cfg.epochs or 40
+    return {
+        "num_scales": cfg.num_scales or _default_num_scales(*spec.event_shape[:2]),
+        "num_blocks": cfg.num_blocks or 2,
+        "filters": cfg.filters or (16 if spec.event_shape[0] * spec.event_shape[1] <= 256
+                                   else 32),
+        "learning_rate": cfg.learning_rate or 1e-3,
+        "epochs": epochs,
+        "patience": cfg.patience or max(10, epochs // 4),
+    }
+
+
 def build_model(cfg: TrainConfig, spec: data_lib.DataSpec) -> FlowModel:
     """The preset named by ``cfg.model`` with preprocessing matched to ``spec``.
 
@@ -154,14 +208,15 @@ def build_model(cfg: TrainConfig, spec: data_lib.DataSpec) -> FlowModel:
     are modelled as they are.
     """
     hp = default_hparams(cfg, spec)
-    kwargs: dict[str, Any] = dict(
-        num_couplings=hp["num_couplings"], hidden_units=hp["hidden_units"]
-    )
+    if cfg.model == "realnvp-image":
+        kwargs: dict[str, Any] = {k: hp[k] for k in _IMAGE_ONLY}
+    else:
+        kwargs = dict(num_couplings=hp["num_couplings"], hidden_units=hp["hidden_units"])
     if spec.num_levels is not None:
         kwargs.update(data_scale=float(spec.num_levels), data_low=float(spec.low))
     elif spec.is_image:
         kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
-    if cfg.model == "realnvp" and "data_scale" in kwargs:
+    if cfg.model in ("realnvp", "realnvp-image") and "data_scale" in kwargs:
         kwargs["logit_alpha"] = 0.05
     return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 
@@ -191,6 +246,32 @@ def write_samples_png(model: FlowModel, spec: data_lib.DataSpec, path: str, seed
     samples = sample_temperatures(model, n, seed)
     plotting.save_samples_figure(path, samples, spec.low, spec.high, data=data,
                                  title=f"{model.name} on {spec.name}")
+
+
+def write_scale_samples_png(model: RealNVPImage, spec: data_lib.DataSpec, path: str, seed: int,
+                            temperature: float = 0.7, rows: int = 4, columns: int = 8) -> None:
+    """One panel per scale: each row keeps one latent and redraws only that scale's units.
+
+    The first column of every row is the shared starting sample (all scales drawn at
+    ``temperature``); across a row only the units of the panel's scale change, which shows
+    what each scale of the multi-scale architecture encodes.
+    """
+    from tfp_nice import plotting
+
+    z = model.base_distribution.sample(rows, seed=tf.constant([seed, 100], tf.int32))
+    z = tf.repeat(z * temperature, columns, axis=0)
+    panels = {}
+    for k in range(model.num_scales):
+        x = model.resample_scale(z, k, seed=tf.constant([seed, 101 + k], tf.int32),
+                                 temperature=temperature).numpy()
+        start = model.decode(z[::columns]).numpy()
+        x = x.reshape((rows, columns) + x.shape[1:])
+        x[:, 0] = start
+        n_units = int((model.latent_scales() == k).sum())
+        panels[f"scale {k} redrawn ({n_units} units)"] = x.reshape((-1,) + x.shape[2:])
+    plotting.save_image_panels(
+        path, panels, spec.low, spec.high, columns=columns,
+        title=f"{model.name}: redrawing one scale at a time, temperature {temperature:g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +378,7 @@ def train(
     overwrite: bool = False,
     verbose: int | str = "auto",
     print_fn: Callable[[str], None] = print,
+    serving_export: bool = True,
 ) -> dict:
     """Trains ``cfg`` into ``run_dir`` and returns the metrics written to ``metrics.json``.
 
@@ -310,6 +392,8 @@ def train(
       overwrite: replace a finished run or a run with a different config.
       verbose: Keras ``fit`` verbosity.
       print_fn: where progress messages go.
+      serving_export: also write the TF Serving SavedModel ``saved_model/VERSION/``
+        (:func:`tfp_nice.export.save_for_serving`; a few seconds of tracing).
 
     Raises:
       RunError: if ``run_dir`` cannot be used as asked.
@@ -433,6 +517,15 @@ def train(
     os.replace(tmp_model, os.path.join(run_dir, "model.keras"))
     write_samples_png(model, spec, os.path.join(run_dir, "samples.png"), cfg.seed,
                       data=splits.train if not spec.is_image else None)
+    if isinstance(model, RealNVPImage):
+        write_scale_samples_png(model, spec, os.path.join(run_dir, "samples_per_scale.png"),
+                                cfg.seed)
+    if serving_export:  # TF Serving layout: saved_model/VERSION/
+        serving = export.save_for_serving(
+            model, os.path.join(run_dir, "saved_model"), data=spec,
+            extra_metadata={"metrics": {"test_nll_nats": test_nll,
+                                        "test_bits_per_dim": test_bpd}})
+        metrics["saved_model"] = os.path.relpath(serving, run_dir)
     _atomic_json(os.path.join(run_dir, "metrics.json"), metrics)  # marks the run finished
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
     if staging is not None:

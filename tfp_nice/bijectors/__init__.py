@@ -1,7 +1,19 @@
 """tfp_nice bijectors: thin ``tfp.bijectors.Bijector`` subclasses over :mod:`tfp_nice._math`."""
 
+from tfp_nice.bijectors.act_norm import ActNorm
 from tfp_nice.bijectors.additive_coupling import AdditiveCoupling
 from tfp_nice.bijectors.affine_coupling import AffineCoupling
+from tfp_nice.bijectors.batch_norm import BatchNorm
 from tfp_nice.bijectors.diagonal_scale import DiagonalScale
+from tfp_nice.bijectors.factor_out import FactorOut
+from tfp_nice.bijectors.squeeze import Squeeze
 
-__all__ = ["AdditiveCoupling", "AffineCoupling", "DiagonalScale"]
+__all__ = [
+    "ActNorm",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "BatchNorm",
+    "DiagonalScale",
+    "FactorOut",
+    "Squeeze",
+]

@@ -16,7 +16,12 @@ from tfp_nice import masks as masks_lib
 
 tfb = tfp.bijectors
 
-__all__ = ["CouplingBase", "check_floating", "check_finite", "serialize_layer"]
+__all__ = [
+    "CONDITIONER_INPUTS", "CouplingBase", "check_floating", "check_finite", "serialize_layer",
+]
+
+#: Accepted values of a coupling's ``conditioner_input``.
+CONDITIONER_INPUTS = ("flat", "masked")
 
 
 def check_floating(x: tf.Tensor, owner: str, arg: str) -> None:
@@ -51,6 +56,16 @@ class CouplingBase(tfb.Bijector):
 
     Subclasses implement ``_transform(x2, params, inverse) -> (out2, log_det)`` and
     ``_conditioner_output_units(d2)`` and set ``_conditioner_arg``.
+
+    ``conditioner_input`` says what the conditioner sees:
+
+    * ``"flat"`` (default): ``x1`` as a flat ``[batch, d1]`` vector; it returns
+      ``[batch, k * d2]`` (or a tuple of ``k`` tensors ``[batch, d2]``).
+    * ``"masked"`` (image masks ``[H, W, C]``, for convolutional conditioners, RealNVP [2]
+      §3.4): ``concat([x * mask, mask[..., :1]], -1)`` of shape ``[batch, H, W, C + 1]`` — the
+      pass-through units in place, zeros elsewhere, plus the mask as an extra channel (as in
+      RealNVP's code); it returns ``[batch, H, W, k * C]`` (or ``k`` tensors ``[batch, H, W, C]``)
+      with the event shape, and the transformed units' parameters are gathered with the mask.
     """
 
     _conditioner_arg = "conditioner"
@@ -64,8 +79,24 @@ class CouplingBase(tfb.Bijector):
         validate_args: bool,
         parameters: dict,
         name: str,
+        conditioner_input: str = "flat",
     ):
         owner = type(self).__name__
+        if conditioner_input not in CONDITIONER_INPUTS:
+            raise ValueError(
+                f"{owner}: `conditioner_input` must be one of {list(CONDITIONER_INPUTS)}. "
+                f"Received: conditioner_input={conditioner_input!r}"
+            )
+        if conditioner_input == "masked" and (
+            mask is None or masks_lib.as_mask(mask).event_ndims != 3
+        ):
+            raise ValueError(
+                f"{owner}: conditioner_input='masked' needs an image `mask` over [H, W, C] "
+                "(e.g. tfp_nice.masks.checkerboard or channel). Received: "
+                + ("mask=None" if mask is None else
+                   f"a mask over {list(masks_lib.as_mask(mask).event_shape)}")
+            )
+        self._conditioner_input = conditioner_input
         if not callable(conditioner):
             raise TypeError(
                 f"{owner}: `{self._conditioner_arg}` must be callable (a Keras layer mapping "
@@ -128,6 +159,11 @@ class CouplingBase(tfb.Bijector):
         if self._mask is not None:
             return self._mask
         return next(iter(self._resolved.values()), None)
+
+    @property
+    def conditioner_input(self) -> str:
+        """``"flat"`` (``x1`` as a vector) or ``"masked"`` (``[x * mask, mask]`` as an image)."""
+        return self._conditioner_input
 
     @property
     def keras_layers(self) -> list:
@@ -202,6 +238,56 @@ class CouplingBase(tfb.Bijector):
         """Maps "number of returned tensors" -> "last dimension of each"."""
         raise NotImplementedError
 
+    def _conditioner_outputs(self, x1: tf.Tensor, num_transformed: int,
+                             x: tf.Tensor | None = None, mask: masks_lib.Mask | None = None):
+        """The conditioner's parameters for the transformed units, ``k`` tensors ``[..., d2]``
+        (or one ``[..., k * d2]`` on the flat path): from ``x1`` (``"flat"``) or from the full
+        ``x`` and ``mask`` (``"masked"``)."""
+        if self._conditioner_input == "masked":
+            if x is None or mask is None:
+                raise ValueError(
+                    f"{type(self).__name__}: conditioner_input='masked' needs the full input "
+                    "`x` and its `mask`, not only the pass-through units x1"
+                )
+            return self._call_masked_conditioner(x, mask)
+        return self._call_conditioner(x1, num_transformed)
+
+    def _call_masked_conditioner(self, x: tf.Tensor, mask: masks_lib.Mask):
+        """Runs the conditioner on ``[x * mask, mask]`` images; gathers the transformed units."""
+        h, w, c = mask.event_shape
+        m = tf.constant(mask.pattern, x.dtype)
+        mask_channel = tf.zeros_like(x[..., :1]) + m[..., :1]
+        inputs = tf.concat([x * m, mask_channel], axis=-1)
+        lead = x.shape[: x.shape.rank - 3]
+        lead = lead.as_list() if lead.is_fully_defined() else tf.shape(x)[: tf.rank(x) - 3]
+        out = self._conditioner(tf.reshape(inputs, [-1, h, w, c + 1]))
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        expected = self._conditioner_output_units(c)  # channels in place of units
+        if len(outs) not in expected or any(
+            (o.shape.rank != 4 or tuple(o.shape[1:]) != (h, w, expected[len(outs)]))
+            for o in outs
+        ):
+            want = " or ".join(
+                (f"a tensor [batch, {h}, {w}, {u}]" if k == 1
+                 else f"a tuple of {k} tensors [batch, {h}, {w}, {u}]")
+                for k, u in expected.items()
+            )
+            got = [tuple(getattr(o, "shape", ())) for o in outs]
+            raise ValueError(
+                f"{type(self).__name__}: with conditioner_input='masked', "
+                f"`{self._conditioner_arg}` must return {want} for images [{h}, {w}, {c}]. "
+                f"Received output shape(s): {got}"
+            )
+        if len(outs) == 1 and expected[1] != c:
+            outs = tuple(tf.split(outs[0], expected[1] // c, axis=-1))
+        params = []
+        for o in outs:
+            o = tf.cast(o, x.dtype)
+            shape = (lead + [h, w, c]) if isinstance(lead, list) else tf.concat(
+                [lead, [h, w, c]], 0)
+            params.append(mask.split(tf.reshape(o, shape))[1])
+        return tuple(params)
+
     def _base_config(self) -> dict:
         owner = type(self).__name__
         return {
@@ -209,6 +295,7 @@ class CouplingBase(tfb.Bijector):
             "num_masked": None if self._num_masked is None else int(self._num_masked),
             "fraction_masked": self._fraction_masked,
             "mask": None if self._mask is None else self._mask.get_config(),
+            "conditioner_input": self._conditioner_input,
             "validate_args": self.validate_args,
             "name": self.name,
         }

@@ -31,6 +31,9 @@ class AdditiveCoupling(CouplingBase):
         for even/odd, checkerboard or channel splits and for image event shapes.
       validate_args: if ``True``, non-finite inputs raise ``InvalidArgumentError``.
       name: the bijector's name.
+      conditioner_input: ``"flat"`` (default: ``m`` maps ``x1 [batch, d1]``) or ``"masked"``
+        (image masks: ``m`` maps ``[x * mask, mask]`` of shape ``[batch, H, W, C + 1]`` to
+        ``[batch, H, W, C]``, e.g. a :class:`tfp_nice.layers.ResNetConditioner`).
 
     Exactly one of ``num_masked``, ``fraction_masked`` and ``mask`` is given.
 
@@ -56,29 +59,33 @@ class AdditiveCoupling(CouplingBase):
         mask=None,
         validate_args: bool = False,
         name: str = "additive_coupling",
+        conditioner_input: str = "flat",
     ):
         parameters = dict(locals())
         super().__init__(
-            shift_fn, num_masked, fraction_masked, mask, validate_args, parameters, name
+            shift_fn, num_masked, fraction_masked, mask, validate_args, parameters, name,
+            conditioner_input,
         )
 
     def _conditioner_output_units(self, num_transformed: int) -> dict[int, int]:
         return {1: num_transformed}
 
-    def _shift(self, x1: tf.Tensor, num_transformed: int) -> tf.Tensor:
-        return self._call_conditioner(x1, num_transformed)[0]
+    def _shift(self, x1: tf.Tensor, num_transformed: int, x=None, mask=None) -> tf.Tensor:
+        return self._conditioner_outputs(x1, num_transformed, x, mask)[0]
 
     def _forward(self, x):
         x = self._check(x, "x")
         mask = self._resolve_mask(x, "x")
         x1, x2 = mask.split(x)
-        return mask.merge(x1, _math.additive_forward(x2, self._shift(x1, mask.num_transformed)))
+        shift = self._shift(x1, mask.num_transformed, x, mask)
+        return mask.merge(x1, _math.additive_forward(x2, shift))
 
     def _inverse(self, y):
         y = self._check(y, "y")
         mask = self._resolve_mask(y, "y")
         y1, y2 = mask.split(y)
-        return mask.merge(y1, _math.additive_inverse(y2, self._shift(y1, mask.num_transformed)))
+        shift = self._shift(y1, mask.num_transformed, y, mask)
+        return mask.merge(y1, _math.additive_inverse(y2, shift))
 
     def _forward_log_det_jacobian(self, x):
         check_floating(x, "AdditiveCoupling", "x")

@@ -43,6 +43,9 @@ class AffineCoupling(CouplingBase):
         ``scale="tanh"``; created when not given.
       validate_args: if ``True``, non-finite inputs raise ``InvalidArgumentError``.
       name: the bijector's name.
+      conditioner_input: ``"flat"`` (default: the conditioner maps ``x1 [batch, d1]``) or
+        ``"masked"`` (image masks: it maps ``[x * mask, mask]`` of shape ``[batch, H, W, C + 1]``
+        to ``[batch, H, W, 2C]``, e.g. a :class:`tfp_nice.layers.ResNetConditioner`).
 
     Example:
       >>> import numpy as np
@@ -70,6 +73,7 @@ class AffineCoupling(CouplingBase):
         tanh_scale: TanhScale | None = None,
         validate_args: bool = False,
         name: str = "affine_coupling",
+        conditioner_input: str = "flat",
     ):
         parameters = dict(locals())
         _math.check_stabiliser(scale)
@@ -83,7 +87,7 @@ class AffineCoupling(CouplingBase):
         self._tanh_scale = tanh_scale if scale == "tanh" else None
         super().__init__(
             shift_and_log_scale_fn, num_masked, fraction_masked, mask, validate_args,
-            parameters, name,
+            parameters, name, conditioner_input,
         )
 
     @property
@@ -99,8 +103,8 @@ class AffineCoupling(CouplingBase):
     def _conditioner_output_units(self, num_transformed: int) -> dict[int, int]:
         return {1: 2 * num_transformed, 2: num_transformed}
 
-    def _shift_and_log_scale(self, x1: tf.Tensor, num_transformed: int):
-        outs = self._call_conditioner(x1, num_transformed)
+    def _shift_and_log_scale(self, x1: tf.Tensor, num_transformed: int, x=None, mask=None):
+        outs = self._conditioner_outputs(x1, num_transformed, x, mask)
         shift, h = outs if len(outs) == 2 else tf.split(outs[0], 2, axis=-1)
         if self._scale == "tanh":
             return shift, tf.cast(self._tanh_scale(h), h.dtype)
@@ -109,14 +113,14 @@ class AffineCoupling(CouplingBase):
     def _forward_and_log_det(self, x):
         mask = self._resolve_mask(x, "x")
         x1, x2 = mask.split(x)
-        shift, log_scale = self._shift_and_log_scale(x1, mask.num_transformed)
+        shift, log_scale = self._shift_and_log_scale(x1, mask.num_transformed, x, mask)
         y2, fldj = _math.affine_forward(x2, shift, log_scale)
         return mask.merge(x1, y2), fldj
 
     def _inverse_and_log_det(self, y):
         mask = self._resolve_mask(y, "y")
         y1, y2 = mask.split(y)
-        shift, log_scale = self._shift_and_log_scale(y1, mask.num_transformed)
+        shift, log_scale = self._shift_and_log_scale(y1, mask.num_transformed, y, mask)
         x2, ildj = _math.affine_inverse(y2, shift, log_scale)
         return mask.merge(y1, x2), ildj
 

@@ -18,8 +18,9 @@ counter is reset and one step runs: "step peak" = BFC peak - bytes in use before
 "grads" = bytes of all parameter gradients, for reference: the update runs inside the same
 graph, so each gradient is consumed as soon as it is ready and they need not coexist.
 Time: one subprocess per (model, depth) runs plain and memory-saving interleaved (--rounds
-rounds of --steps steps each, after warm-up); we report each mode's median step and the
-median of the per-round ratio memory-saving / plain.
+rounds of --steps steps each, after warm-up); we report each mode's median step, the median
+of the per-round ratio memory-saving / plain, and a 2048^2 matmul's GFLOP/s before and after
+(~200 on this machine when idle) as a gauge of CPU contention.
 Before the run we wait (polling every 30 s, up to --wait-idle s) until no other `bench/`
 process runs, and record `uptime` before and after. Writes bench/reversible_memory.md,
 .json and .png (memory vs depth).
@@ -46,8 +47,8 @@ def _parse(argv=None):
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--models", default="revnet,flow")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per mode per round")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=1, help="timed steps per mode per round")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--time-only", action="store_true",
                    help="re-measure step times only; keep the memory results of --out .json")
@@ -106,6 +107,21 @@ def _step_fn(net, loss_fn, jit):
     return step
 
 
+def _matmul_gflops() -> float:
+    """GFLOP/s of a 2048x2048 f32 matmul (best of 5): how busy the machine is right now."""
+    import tensorflow as tf
+
+    a = tf.random.normal([2048, 2048])
+    f = tf.function(tf.linalg.matmul)
+    f(a, a).numpy()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(a, a).numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 / best / 1e9
+
+
 def _child(args):
     import numpy as np
     import tensorflow as tf
@@ -138,7 +154,10 @@ def _child(args):
             net, loss_fn = _build(model, depth, args.width, mode == "rev")
             steps[mode] = _step_fn(net, loss_fn, jit)
             steps[mode](x).numpy()
-            steps[mode](x).numpy()
+        for _ in range(2):  # untimed warm-up rounds, alternating like the timed ones
+            for mode in ("plain", "rev"):
+                steps[mode](x).numpy()
+        gflops_before = _matmul_gflops()
         times = {"plain": [], "rev": []}
         ratios = []
         for r in range(args.rounds):
@@ -153,7 +172,8 @@ def _child(args):
                 med[mode] = statistics.median(ts)
             ratios.append(med["rev"] / med["plain"])
         out = dict(plain_s=statistics.median(times["plain"]), rev_s=statistics.median(times["rev"]),
-                   ratio=statistics.median(ratios), ratios=ratios, times=times)
+                   ratio=statistics.median(ratios), ratios=ratios, times=times,
+                   gflops=[gflops_before, _matmul_gflops()])
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -231,15 +251,18 @@ def _table(args, results, timing, env_lines) -> str:
              "temporaries; weights and the batch are resident before). grads = bytes of all "
              "parameter gradients, for reference (the in-graph update consumes each gradient "
              "when it is ready, so they need not coexist). Time: median step, plain and "
-             "memory-saving interleaved in one process (after warm-up); ratio = median over "
-             "rounds of (memory-saving / plain).", ""]
+             "memory-saving interleaved in one process (after 1 + 2 alternating warm-up "
+             "steps each); ratio = median over rounds of (memory-saving / plain). The matmul "
+             "column (2048^2 f32, best of 5) shows how busy the 2 cores were: idle, this "
+             "machine gives ~200 GFLOP/s.", ""]
     lines += [f"- {e}" for e in env_lines] + [""]
     for model in [m for m in ("revnet", "flow") if any(r["model"] == m for r in results)]:
         lines += [f"## {model}", "",
                   "| depth | plain: step peak (MiB) | memory-saving: step peak (MiB) | "
                   "memory-saving + jit: step peak (MiB) | plain + jit: step peak (MiB) | "
-                  "grads (MiB) | plain step (s) | memory-saving step (s) | time ratio |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "grads (MiB) | plain step (s) | memory-saving step (s) | time ratio | "
+                  "matmul GFLOP/s before / after |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for d in depths:
             cells = []
             for mode, jit in (("plain", False), ("rev", False), ("rev", True), ("plain", True)):
@@ -248,8 +271,9 @@ def _table(args, results, timing, env_lines) -> str:
                 cells.append(f"{r['peak'] / MIB:.0f}" if r else "-")
             r0 = next(r for r in results if r["model"] == model and r["depth"] == d)
             t = timing.get(f"{model}:{d}")
-            tcells = ([f"{t['plain_s']:.3f}", f"{t['rev_s']:.3f}", f"{t['ratio']:.2f}"]
-                      if t else ["-"] * 3)
+            tcells = ([f"{t['plain_s']:.3f}", f"{t['rev_s']:.3f}", f"{t['ratio']:.2f}",
+                       "{:.0f} / {:.0f}".format(*t["gflops"]) if "gflops" in t else "-"]
+                      if t else ["-"] * 4)
             lines.append(f"| {d} | " + " | ".join(cells) + f" | {r0['grads'] / MIB:.0f} | "
                          + " | ".join(tcells) + " |")
         lines.append("")

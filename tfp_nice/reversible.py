@@ -510,26 +510,27 @@ def _step_backward(b, out, dout, dldj, event_ndims, inverse, sink):
     if _is_fused(b):
         mask = b._resolve_mask(out, "x" if inverse else "y")  # noqa: SLF001
         o1, o2 = mask.split(out)  # o1 is also the input's pass-through half
+        d1, d2 = mask.split(dout)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(o1)
             tape.watch(src)
-            # merge(o1, o2) equals the input on the pass-through units, all a conditioner sees.
-            params = _coupling_params(b, o1, mask.merge(o1, o2), mask)
+            # A "masked" conditioner sees merge(o1, o2) * mask = input * mask (o1's units only).
+            full = mask.merge(o1, o2) if getattr(b, "conditioner_input", "flat") != "flat" else None
+            params = _coupling_params(b, o1, full, mask)
             with tape.stop_recording():  # the reconstruction needs no gradient
                 in2, _ = _coupling_transform(b, o2, params, not inverse)
             tape.watch(in2)
             re2, ldj = _coupling_transform(b, in2, params, inverse)
-            targets, out_grads = [mask.merge(o1, re2)], [dout]
+            targets, out_grads = [re2], [d2]
             ldj = _reduce_ldj(ldj, event_ndims - mask.event_ndims)
             if ldj is not None:
                 targets.append(tf.broadcast_to(ldj, tf.shape(dldj)))
                 out_grads.append(dldj)
         grads = tape.gradient(targets, [o1, in2] + src, output_gradients=out_grads)
         sink.add(src, grads[2:])
-        return (
-            mask.merge(o1, in2),
-            mask.merge(_or_zeros(grads[0], o1), _or_zeros(grads[1], in2)),
-        )
+        # o1 passes through unchanged (gradient d1) and feeds the conditioner (grads[0]).
+        d_o1 = d1 if grads[0] is None else d1 + grads[0]
+        return mask.merge(o1, in2), mask.merge(d_o1, _or_zeros(grads[1], in2))
     # Generic exactly-invertible step. tf.identity defeats TFP's bijector cache, which would
     # otherwise hand back the forward pass's tensors instead of recomputing.
     inp = tf.identity((b.forward if inverse else b.inverse)(tf.identity(out)))

@@ -425,3 +425,24 @@ def test_cli_rejects_image_options_for_vector_models_and_vector_data(tmp_path):
     proc = _cli("train", "--model", "realnvp-image", "--data", "moons",
                 "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "needs image data" in proc.stderr
+
+
+# --- the benchmark script's --data option --------------------------------------------------------
+def test_image_quality_bench_takes_user_28x28_uint8_images_and_rejects_vectors(tmp_path):
+    """`bench/image_quality.py --data PATH` trains on the user's [N, 28, 28, 1] uint8 images."""
+    images = np.random.default_rng(0).integers(0, 256, [120, 28, 28, 1]).astype(np.uint8)
+    np.save(tmp_path / "mine.npy", images)
+    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "image_quality.py")
+    proc = subprocess.run([sys.executable, bench, "--quick", "--seconds", "1", "--models", "nice",
+                           "--batch", "16", "--data", str(tmp_path / "mine.npy")],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "# Image quality at equal training time (28x28 images" in proc.stdout
+    assert "[28, 28, 1]" in proc.stdout and "256 levels" in proc.stdout
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| nice |"))
+    assert math.isfinite(float(row.split("**")[-2]))  # held-out bits/dim
+    np.save(tmp_path / "vectors.npy", np.random.default_rng(1).standard_normal([120, 5]))
+    proc = subprocess.run([sys.executable, bench, "--quick", "--data",
+                           str(tmp_path / "vectors.npy")],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 2 and "--data must hold images [N, H, W, C]" in proc.stderr

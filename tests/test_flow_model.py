@@ -203,3 +203,14 @@ def test_mirrored_strategy_on_two_cpus_matches_single_device():
     assert result["replicas"] == 2
     assert "Mirrored" in result["var"] or "Distributed" in result["var"], result["var"]
     np.testing.assert_allclose(result["mirrored"], result["single"], rtol=1e-4)
+
+
+def test_encode_decode_use_the_latent_shape_when_it_differs_from_the_data_shape():
+    """NICE on [8, 8, 1] images flattens inside: its latent is [64]."""
+    model = tn.NICE([8, 8, 1], hidden_units=(8,), data_scale=17.0)
+    x = np.random.default_rng(0).uniform(0, 17, [3, 8, 8, 1]).astype("float32")
+    z = model.encode(x)
+    assert z.shape == (3, 64)
+    np.testing.assert_allclose(model.decode(z), x, atol=1e-4)
+    with pytest.raises(ValueError, match=r"`z` must have shape \[batch, 64\].*Received: z.shape"):
+        model.decode(x)

@@ -162,7 +162,13 @@ class FlowModel(keras.Model):
         """The data event shape."""
         return self._event_shape
 
-    def _check_x(self, x, arg: str = "x") -> tf.Tensor:
+    def _check_x(self, x, arg: str = "x", event_shape: tuple[int, ...] | None = None
+                 ) -> tf.Tensor:
+        """``x`` as a tensor of the flow's dtype; a clear error unless it is ``[batch, *event]``.
+
+        ``event_shape`` defaults to the data's (use the base distribution's for latents).
+        """
+        event_shape = self._event_shape if event_shape is None else tuple(event_shape)
         if isinstance(x, (np.ndarray, list, tuple, float, int)):
             x = np.asarray(x)
             if np.issubdtype(x.dtype, np.floating):
@@ -173,13 +179,13 @@ class FlowModel(keras.Model):
                 f"FlowModel: `{arg}` must be floating point ({self._flow_dtype.name}); convert or "
                 f"dequantize integer data first. Received: {arg}.dtype={x.dtype.name}"
             )
-        n = len(self._event_shape)
+        n = len(event_shape)
         got = tuple(x.shape[x.shape.rank - n :]) if x.shape.rank is not None else None
-        if x.shape.rank is None or x.shape.rank < n or got != self._event_shape:
+        if x.shape.rank is None or x.shape.rank < n or got != event_shape:
             raise ValueError(
                 f"FlowModel: `{arg}` must have shape "
-                f"[batch, {', '.join(map(str, self._event_shape))}] "
-                f"(event shape {list(self._event_shape)}). Received: {arg}.shape={x.shape}"
+                f"[batch, {', '.join(map(str, event_shape))}] "
+                f"(event shape {list(event_shape)}). Received: {arg}.shape={x.shape}"
             )
         return tf.cast(x, self._flow_dtype) if x.dtype != self._flow_dtype else x
 
@@ -215,8 +221,9 @@ class FlowModel(keras.Model):
         return self.bijector.inverse(self._check_x(x))
 
     def decode(self, z) -> tf.Tensor:
-        """Latent -> data: ``x = f(z)``."""
-        return self.bijector.forward(self._check_x(z, "z"))
+        """Latent -> data: ``x = f(z)``; ``z`` has the base distribution's event shape."""
+        latent = tuple(int(d) for d in self.base_distribution.event_shape)
+        return self.bijector.forward(self._check_x(z, "z", latent))
 
     # --- data-dependent initialisation (ActNorm) ---------------------------------------------
     def initialize_from_data(self, x, force: bool = False) -> int:

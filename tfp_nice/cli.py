@@ -184,7 +184,9 @@ def _train(args) -> int:
             "runs", prefix + time.strftime("%Y%m%d-%H%M%S")
         )
     metrics = training.train(cfg, out, resume=args.resume, overwrite=args.overwrite,
-                             serving_export=not args.no_export)
+                             serving_export=not args.no_export,
+                             # a progress bar on a terminal, one line per epoch in a log file
+                             verbose=1 if sys.stdout.isatty() else 2)
     out = os.path.abspath(out)
     print(f"held-out NLL: {metrics['test_nll_nats']:.3f} nats, "
           f"{metrics['test_bits_per_dim']:.4f} bits/dim "

@@ -70,18 +70,7 @@ def save_samples_figure(
         else:
             ax.imshow(s, aspect="auto", cmap="viridis")
         ax.set_title(f"temperature {t:g}")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _save(fig, path, title)
 
 
 def save_image_panels(
@@ -110,6 +99,16 @@ def save_image_panels(
                   interpolation="nearest")
         ax.axis("off")
         ax.set_title(name)
+    _save(fig, path, title)
+
+
+def _save(fig, path: str | os.PathLike, title: str = "") -> None:
+    """Titles, lays out and writes ``fig`` under a temporary name, renamed into ``path``.
+
+    A crash mid-write leaves any earlier file at ``path`` intact; the figure is closed.
+    """
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     fig.tight_layout()

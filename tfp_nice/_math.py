@@ -40,6 +40,9 @@ __all__ = [
     "diagonal_scale_inverse",
     "diagonal_scale_log_det",
     "flatten_event",
+    "leading_shape",
+    "reshape_leading",
+    "reshape_to",
     "unflatten_event",
     "split_flat",
     "merge_flat",
@@ -62,12 +65,19 @@ STABILISERS = ("exp", "tanh", "sigmoid", "soft_clamp")
 # --------------------------------------------------------------------------------------------
 # Shapes: flatten the event part of a tensor, split/merge it by a static index plan.
 # --------------------------------------------------------------------------------------------
-def _leading_shape(x: tf.Tensor, event_ndims: int):
-    """The batch part of ``x``'s shape, static when known, else a dynamic tensor."""
+def leading_shape(x: tf.Tensor, event_ndims: int):
+    """The batch part of ``x``'s shape: a list when static, else a dynamic shape tensor."""
     batch = x.shape[: x.shape.rank - event_ndims]
     if batch.is_fully_defined():
         return batch.as_list()
     return tf.shape(x)[: tf.rank(x) - event_ndims]
+
+
+def reshape_leading(x: tf.Tensor, lead, tail_ndims: int) -> tf.Tensor:
+    """Reshapes ``x`` (``[N, *tail]`` or any shape ending in the ``tail_ndims`` static axes
+    ``tail``) to ``lead + tail``; ``lead`` comes from :func:`leading_shape`."""
+    tail = x.shape[x.shape.rank - tail_ndims :].as_list() if tail_ndims else []
+    return reshape_to(x, lead, tail)
 
 
 def flatten_event(x: tf.Tensor, event_ndims: int) -> tf.Tensor:
@@ -75,10 +85,7 @@ def flatten_event(x: tf.Tensor, event_ndims: int) -> tf.Tensor:
     if event_ndims == 1:
         return x
     size = x.shape[x.shape.rank - event_ndims :].num_elements()
-    lead = _leading_shape(x, event_ndims)
-    if isinstance(lead, list):
-        return tf.reshape(x, lead + [size])
-    return tf.reshape(x, tf.concat([lead, [size]], axis=0))
+    return reshape_to(x, leading_shape(x, event_ndims), [size])
 
 
 def unflatten_event(x: tf.Tensor, event_shape: Sequence[int]) -> tf.Tensor:
@@ -86,10 +93,14 @@ def unflatten_event(x: tf.Tensor, event_shape: Sequence[int]) -> tf.Tensor:
     event_shape = list(event_shape)
     if len(event_shape) == 1:
         return x
-    lead = _leading_shape(x, 1)
+    return reshape_to(x, leading_shape(x, 1), event_shape)
+
+
+def reshape_to(x: tf.Tensor, lead, tail: list) -> tf.Tensor:
+    """Reshapes ``x`` to ``lead + tail`` (``lead`` from :func:`leading_shape`)."""
     if isinstance(lead, list):
-        return tf.reshape(x, lead + event_shape)
-    return tf.reshape(x, tf.concat([lead, event_shape], axis=0))
+        return tf.reshape(x, lead + tail)
+    return tf.reshape(x, tf.concat([lead, tf.constant(tail, lead.dtype)], axis=0))
 
 
 def split_flat(x: tf.Tensor, index1, index2) -> tuple[tf.Tensor, tf.Tensor]:
@@ -250,16 +261,13 @@ def squeeze(x: tf.Tensor, factor: int, permutation=None) -> tf.Tensor:
     """``batch + [H, W, C] -> batch + [H/f, W/f, f*f*C]`` (reshape, transpose, optional gather)."""
     h, w, c = (int(d) for d in x.shape[-3:])
     f = int(factor)
-    lead = _leading_shape(x, 3)
+    lead = leading_shape(x, 3)
     y = tf.reshape(x, [-1, h // f, f, w // f, f, c])
     y = tf.transpose(y, [0, 1, 3, 5, 2, 4])
     y = tf.reshape(y, [-1, h // f, w // f, c * f * f])
     if permutation is not None:
         y = tf.gather(y, permutation, axis=-1)
-    out = [h // f, w // f, c * f * f]
-    if isinstance(lead, list):
-        return tf.reshape(y, lead + out)
-    return tf.reshape(y, tf.concat([lead, out], axis=0))
+    return reshape_to(y, lead, [h // f, w // f, c * f * f])
 
 
 def unsqueeze(y: tf.Tensor, factor: int, inverse_permutation=None) -> tf.Tensor:
@@ -267,16 +275,13 @@ def unsqueeze(y: tf.Tensor, factor: int, inverse_permutation=None) -> tf.Tensor:
     h, w, cf = (int(d) for d in y.shape[-3:])
     f = int(factor)
     c = cf // (f * f)
-    lead = _leading_shape(y, 3)
+    lead = leading_shape(y, 3)
     x = tf.reshape(y, [-1, h, w, cf])
     if inverse_permutation is not None:
         x = tf.gather(x, inverse_permutation, axis=-1)
     x = tf.reshape(x, [-1, h, w, c, f, f])
     x = tf.transpose(x, [0, 1, 4, 2, 5, 3])
-    out = [h * f, w * f, c]
-    if isinstance(lead, list):
-        return tf.reshape(x, lead + out)
-    return tf.reshape(x, tf.concat([lead, out], axis=0))
+    return reshape_to(x, lead, [h * f, w * f, c])
 
 
 # --------------------------------------------------------------------------------------------

@@ -431,7 +431,7 @@ def save_for_serving(
         directory, bad ``data`` or ``max_samples``, or the model cannot be exported.
       OSError: the destination cannot be written (nothing is left behind).
     """
-    from tfp_nice.models import FlowModel
+    from tfp_nice.flow_model import FlowModel
 
     if not isinstance(model, FlowModel):
         raise ExportError(

@@ -10,6 +10,8 @@
 
 Example:
   >>> import tensorflow_probability as tfp
+
+from tfp_nice._internal import compat
   >>> cfg = serialize(tfp.bijectors.Shift(2.0))
   >>> float(deserialize(cfg).forward(1.0))
   3.0
@@ -24,15 +26,34 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-__all__ = ["serialize", "deserialize"]
+from tfp_nice._internal import compat
+
+__all__ = ["deserialize", "register", "serialize", "serialize_layer"]
 
 _SKIP = ("self", "__class__", "parameters")
 
+#: tfp_nice bijector classes by name (filled by :func:`register`).
+_REGISTRY: dict[str, type] = {}
 
-def _tfp_nice_classes() -> dict:
-    from tfp_nice import bijectors
 
-    return {name: getattr(bijectors, name) for name in bijectors.__all__}
+def register(cls: type) -> type:
+    """Class decorator: a tfp_nice bijector serialised through its ``get_config`` /
+    ``from_config`` under its class name."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def serialize_layer(layer: Any, arg: str, owner: str) -> dict | None:
+    """A Keras layer's config (``None`` stays ``None``); a ``TypeError`` naming ``arg`` if
+    it is not a layer Keras can serialise."""
+    if layer is None:
+        return None
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            f"{owner}.get_config: `{arg}` must be a registered keras.layers.Layer to be "
+            f"serialised. Received: {arg}={layer!r}"
+        )
+    return keras.saving.serialize_keras_object(layer)
 
 
 def serialize(obj: Any, path: str = "obj") -> Any:
@@ -41,11 +62,10 @@ def serialize(obj: Any, path: str = "obj") -> Any:
         return obj
     if isinstance(obj, keras.layers.Layer):
         return {"__keras__": keras.saving.serialize_keras_object(obj)}
-    nice = _tfp_nice_classes()
-    if type(obj).__name__ in nice and isinstance(obj, nice[type(obj).__name__]):
+    if _REGISTRY.get(type(obj).__name__) is type(obj):
         return {"__tfp_nice__": type(obj).__name__, "config": obj.get_config()}
     for kind, module in (("bijector", tfp.bijectors), ("distribution", tfp.distributions)):
-        name = _public_tfp_name(module, type(obj))
+        name = compat.public_tfp_name(module, type(obj))
         if name is not None:
             params = {
                 k: serialize(v, f"{path}.{k}")
@@ -74,18 +94,6 @@ def serialize(obj: Any, path: str = "obj") -> Any:
     )
 
 
-def _public_tfp_name(module, cls: type) -> str | None:
-    """The public name of a TFP class; TFP builds e.g. ``tfb.Chain`` of non-composite
-    bijectors as its private base class ``_Chain``, which ``tfb.Chain(...)`` recreates."""
-    name = cls.__name__
-    if getattr(module, name, None) is cls:
-        return name
-    public = getattr(module, name.lstrip("_"), None)
-    if name.startswith("_") and isinstance(public, type) and cls in public.__mro__:
-        return name.lstrip("_")
-    return None
-
-
 def deserialize(config: Any) -> Any:
     """Inverse of :func:`serialize`."""
     if not isinstance(config, dict):
@@ -93,7 +101,10 @@ def deserialize(config: Any) -> Any:
     if "__keras__" in config:
         return keras.saving.deserialize_keras_object(config["__keras__"])
     if "__tfp_nice__" in config:
-        return _tfp_nice_classes()[config["__tfp_nice__"]].from_config(config["config"])
+        name = config["__tfp_nice__"]
+        if name not in _REGISTRY:
+            raise ValueError(f"Unknown tfp_nice bijector {name!r} in a saved config")
+        return _REGISTRY[name].from_config(config["config"])
     if "__tfp__" in config:
         module = tfp.bijectors if config["__tfp__"] == "bijector" else tfp.distributions
         params = {k: deserialize(v) for k, v in config["parameters"].items()}

@@ -38,7 +38,8 @@ import tensorflow as tf
 
 from tfp_nice import data as data_lib
 from tfp_nice import export, preprocessing
-from tfp_nice.models import NICE, FlowModel, RealNVP, RealNVPImage
+from tfp_nice.flow_model import FlowModel
+from tfp_nice.presets import NICE, RealNVP, RealNVPImage
 
 __all__ = [
     "MODELS",

@@ -1,53 +1,51 @@
-"""Glow's ActNorm as a ``tfp.bijectors.Bijector``, and the data-dependent initialisation walk."""
+"""Glow's ActNorm as a ``tfp.bijectors.Bijector``, with its data-dependent initialisation."""
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import _math
-from tfp_nice.bijectors._coupling import check_finite, check_floating
+from tfp_nice import _math, serialization
+from tfp_nice._internal.checks import (
+    check_channels_event,
+    check_finite,
+    check_floating,
+    check_int,
+)
 from tfp_nice.layers import ActNormLayer
 
 tfb = tfp.bijectors
 
-__all__ = ["ActNorm", "initialize_from_data", "find_act_norms"]
+__all__ = ["ActNorm", "data_initialization"]
+
+# The active data_initialization() state: {"force", "count", "done"} or None.
+_INIT: contextvars.ContextVar = contextvars.ContextVar("tfp_nice_act_norm_init", default=None)
 
 
-def _is(b, name: str) -> bool:
-    """``isinstance(b, tfb.<name>)``, also for TFP's private non-composite base (``_Chain``).
+@contextlib.contextmanager
+def data_initialization(force: bool = False) -> Iterator[dict]:
+    """Within this block, every :class:`ActNorm` whose inverse runs eagerly initialises itself
+    (once) on the data-side batch it receives, before transforming it.
 
-    ``tfb.Chain([...])`` and ``tfb.Invert(...)`` of bijectors that are not composite tensors
-    (tfp_nice's) are instances of ``_Chain`` / ``_Invert``, not of ``tfb.Chain`` / ``tfb.Invert``.
+    Run a flow's ``inverse`` on a batch of data inside it, and each ActNorm is initialised on
+    the activations that reach it, in data-to-latent order, so later steps already see
+    normalised inputs (Glow's data-dependent initialisation). Uninitialised ActNorms only,
+    unless ``force``. Yields a dict whose ``"count"`` is the number initialised.
     """
-    return any(c.__name__ in (name, f"_{name}") for c in type(b).__mro__)
+    state = {"force": bool(force), "count": 0, "done": set()}
+    token = _INIT.set(state)
+    try:
+        yield state
+    finally:
+        _INIT.reset(token)
 
 
-def _check_event_ndims(event_ndims) -> int:
-    if isinstance(event_ndims, bool) or event_ndims not in (1, 2, 3, 4):
-        raise ValueError(
-            f"`event_ndims` must be an int in [1, 4]. Received: event_ndims={event_ndims!r}"
-        )
-    return int(event_ndims)
-
-
-def _event_shape(x: tf.Tensor, event_ndims: int, channels: int, owner: str, arg: str):
-    """The static event shape of ``x`` (last ``event_ndims`` axes), checking the channels."""
-    if x.shape.rank is None or x.shape.rank < event_ndims:
-        raise ValueError(
-            f"{owner}: `{arg}` must have rank >= {event_ndims} (the event rank). "
-            f"Received: {arg}.shape={x.shape}"
-        )
-    event = x.shape[x.shape.rank - event_ndims :]
-    if not event.is_fully_defined() or event[-1] != channels:
-        raise ValueError(
-            f"{owner}: `{arg}` must have a static event shape ending in {channels} channels. "
-            f"Received: {arg}.shape={x.shape}"
-        )
-    return event.as_list()
-
-
+@serialization.register
 class ActNorm(tfb.Bijector):
     """Activation normalisation (Glow [4] §3.1): a per-channel affine map, Keras weights.
 
@@ -108,7 +106,7 @@ class ActNorm(tfb.Bijector):
                 f"ActNorm: `layer` must be a tfp_nice.layers.ActNormLayer. Received: {layer!r}"
             )
         self._layer = layer
-        self._event_ndims = _check_event_ndims(event_ndims)
+        self._event_ndims = check_int(event_ndims, "event_ndims", 1, 4)
         super().__init__(
             forward_min_event_ndims=self._event_ndims,
             is_constant_jacobian=True,
@@ -128,7 +126,7 @@ class ActNorm(tfb.Bijector):
 
     def _params(self, x: tf.Tensor, arg: str):
         check_floating(x, "ActNorm", arg)
-        event = _event_shape(x, self._event_ndims, self._layer.channels, "ActNorm", arg)
+        event = check_channels_event(x, self._event_ndims, self._layer.channels, "ActNorm", arg)
         loc, log_scale = self._layer()
         return tf.cast(loc, x.dtype), tf.cast(log_scale, x.dtype), event
 
@@ -138,6 +136,12 @@ class ActNorm(tfb.Bijector):
         return _math.channel_affine_forward(x, loc, log_scale)
 
     def _inverse(self, y):
+        state = _INIT.get()
+        if state is not None and id(self) not in state["done"] and tf.executing_eagerly() and (
+                state["force"] or not self._layer.is_initialized):
+            self.initialize(y, force=True)
+            state["done"].add(id(self))
+            state["count"] += 1
         loc, log_scale, _ = self._params(y, "y")
         y = check_finite(y, "ActNorm", "y") if self.validate_args else y
         return _math.channel_affine_inverse(y, loc, log_scale)
@@ -160,7 +164,7 @@ class ActNorm(tfb.Bijector):
         if self._layer.is_initialized and not force:
             return
         y = tf.convert_to_tensor(y)
-        _event_shape(y, self._event_ndims, self._layer.channels, "ActNorm", "y")
+        check_channels_event(y, self._event_ndims, self._layer.channels, "ActNorm", "y")
         mean, variance = _math.moments(y)
         std = tf.maximum(tf.sqrt(variance), tf.constant(min_std, y.dtype))
         self._layer.initialize(mean, tf.math.log(std))
@@ -179,61 +183,3 @@ class ActNorm(tfb.Bijector):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)
-
-
-def initialize_from_data(bijector, y, force: bool = False) -> tuple[tf.Tensor, int]:
-    """Glow's data-dependent initialisation of every :class:`ActNorm` inside ``bijector``.
-
-    Runs the data-side batch ``y`` through ``bijector.inverse`` step by step (through
-    ``tfb.Chain`` in order, into :class:`~tfp_nice.bijectors.FactorOut`'s inner flow), and
-    initialises each uninitialised ActNorm on the activations that reach it, so later steps
-    see already-normalised inputs. Run it eagerly, before training.
-
-    Returns:
-      ``(z, count)``: ``bijector.inverse(y)`` after initialisation and the number of ActNorm
-      steps initialised.
-    """
-    from tfp_nice.bijectors.factor_out import FactorOut
-
-    count = 0
-
-    def walk(b, y):
-        nonlocal count
-        if isinstance(b, ActNorm):
-            if force or not b.layer.is_initialized:
-                b.initialize(y, force=True)
-                count += 1
-            return b.inverse(y)
-        if _is(b, "Chain"):
-            for inner in b.bijectors:  # Chain.inverse applies bijectors[0] first
-                y = walk(inner, y)
-            return y
-        if isinstance(b, FactorOut):
-            k = b.num_kept if b.num_kept is not None else int(y.shape[-1]) // 2
-            return tf.concat([walk(b.bijector, y[..., :k]), y[..., k:]], axis=-1)
-        return b.inverse(y)
-
-    z = walk(bijector, tf.convert_to_tensor(y))
-    return z, count
-
-
-def find_act_norms(bijector) -> list:
-    """Every :class:`ActNorm` reachable from ``bijector`` (through Chain, Invert, FactorOut)."""
-    from tfp_nice.bijectors.factor_out import FactorOut
-
-    found = []
-
-    def walk(b):
-        if isinstance(b, ActNorm):
-            found.append(b)
-        elif _is(b, "Chain"):
-            for inner in b.bijectors:
-                walk(inner)
-        elif isinstance(b, FactorOut):
-            walk(b.bijector)
-        elif _is(b, "Invert"):
-            walk(b.bijector)
-
-    walk(bijector)
-    return found
-

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
-from tfp_nice import _math
-from tfp_nice.bijectors._coupling import CouplingBase, check_floating
+from tfp_nice import _math, serialization
+from tfp_nice.bijectors._coupling import CouplingBase
 
 __all__ = ["AdditiveCoupling"]
 
 
+@serialization.register
 class AdditiveCoupling(CouplingBase):
     """NICE additive coupling [1]: volume preserving, exactly invertible.
 
@@ -67,33 +67,15 @@ class AdditiveCoupling(CouplingBase):
             conditioner_input,
         )
 
+    volume_preserving = True
+
     def _conditioner_output_units(self, num_transformed: int) -> dict[int, int]:
         return {1: num_transformed}
 
-    def _shift(self, x1: tf.Tensor, num_transformed: int, x=None, mask=None) -> tf.Tensor:
-        return self._conditioner_outputs(x1, num_transformed, x, mask)[0]
-
-    def _forward(self, x):
-        x = self._check(x, "x")
-        mask = self._resolve_mask(x, "x")
-        x1, x2 = mask.split(x)
-        shift = self._shift(x1, mask.num_transformed, x, mask)
-        return mask.merge(x1, _math.additive_forward(x2, shift))
-
-    def _inverse(self, y):
-        y = self._check(y, "y")
-        mask = self._resolve_mask(y, "y")
-        y1, y2 = mask.split(y)
-        shift = self._shift(y1, mask.num_transformed, y, mask)
-        return mask.merge(y1, _math.additive_inverse(y2, shift))
-
-    def _forward_log_det_jacobian(self, x):
-        check_floating(x, "AdditiveCoupling", "x")
-        return tf.zeros([], dtype=x.dtype)
-
-    def _inverse_log_det_jacobian(self, y):
-        check_floating(y, "AdditiveCoupling", "y")
-        return tf.zeros([], dtype=y.dtype)
+    def coupling_transform(self, v2: tf.Tensor, params: tuple, inverse: bool):
+        """``y2 = x2 + m`` (``x2 = y2 - m`` inverse); log-det ``None`` (exactly 0)."""
+        fn = _math.additive_inverse if inverse else _math.additive_forward
+        return fn(v2, params[0]), None
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
@@ -101,6 +83,4 @@ class AdditiveCoupling(CouplingBase):
 
     @classmethod
     def from_config(cls, config: dict) -> AdditiveCoupling:
-        config = dict(config)
-        config["shift_fn"] = keras.saving.deserialize_keras_object(config["shift_fn"])
-        return cls(**config)
+        return cls(**cls._layers_from_config(config, "shift_fn"))

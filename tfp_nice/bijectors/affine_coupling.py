@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
-from tfp_nice import _ldj_cache, _math
-from tfp_nice.bijectors._coupling import CouplingBase, serialize_layer
+from tfp_nice import _math, serialization
+from tfp_nice.bijectors._coupling import CouplingBase
 from tfp_nice.layers import TanhScale
 
 __all__ = ["AffineCoupling"]
 
 
+@serialization.register
 class AffineCoupling(CouplingBase):
     """RealNVP affine coupling [2] with a selectable scale stabiliser.
 
@@ -103,42 +103,17 @@ class AffineCoupling(CouplingBase):
     def _conditioner_output_units(self, num_transformed: int) -> dict[int, int]:
         return {1: 2 * num_transformed, 2: num_transformed}
 
-    def _shift_and_log_scale(self, x1: tf.Tensor, num_transformed: int, x=None, mask=None):
-        outs = self._conditioner_outputs(x1, num_transformed, x, mask)
+    def _parameters_from(self, outs: tuple) -> tuple:
+        """``(shift, log_scale)`` from the conditioner's ``(t, h)`` or ``[t, h]``."""
         shift, h = outs if len(outs) == 2 else tf.split(outs[0], 2, axis=-1)
         if self._scale == "tanh":
             return shift, tf.cast(self._tanh_scale(h), h.dtype)
         return shift, _math.stabilise_log_scale(h, self._scale, clamp=self._clamp)
 
-    def _forward_and_log_det(self, x):
-        mask = self._resolve_mask(x, "x")
-        x1, x2 = mask.split(x)
-        shift, log_scale = self._shift_and_log_scale(x1, mask.num_transformed, x, mask)
-        y2, fldj = _math.affine_forward(x2, shift, log_scale)
-        return mask.merge(x1, y2), fldj
-
-    def _inverse_and_log_det(self, y):
-        mask = self._resolve_mask(y, "y")
-        y1, y2 = mask.split(y)
-        shift, log_scale = self._shift_and_log_scale(y1, mask.num_transformed, y, mask)
-        x2, ildj = _math.affine_inverse(y2, shift, log_scale)
-        return mask.merge(y1, x2), ildj
-
-    def _forward(self, x):
-        y, fldj = self._forward_and_log_det(self._check(x, "x"))
-        _ldj_cache.store_forward_log_det(self, x, fldj)
-        return y
-
-    def _inverse(self, y):
-        x, ildj = self._inverse_and_log_det(self._check(y, "y"))
-        _ldj_cache.store_inverse_log_det(self, y, ildj)
-        return x
-
-    def _forward_log_det_jacobian(self, x):
-        return self._forward_and_log_det(self._check(x, "x"))[1]
-
-    def _inverse_log_det_jacobian(self, y):
-        return self._inverse_and_log_det(self._check(y, "y"))[1]
+    def coupling_transform(self, v2: tf.Tensor, params: tuple, inverse: bool):
+        """``y2 = x2 * exp(s) + t`` (or its inverse) and its log-det ``±sum(s)``."""
+        fn = _math.affine_inverse if inverse else _math.affine_forward
+        return fn(v2, *params)
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
@@ -146,14 +121,11 @@ class AffineCoupling(CouplingBase):
         config.update(
             scale=self._scale,
             clamp=self._clamp,
-            tanh_scale=serialize_layer(self._tanh_scale, "tanh_scale", "AffineCoupling"),
+            tanh_scale=serialization.serialize_layer(self._tanh_scale, "tanh_scale",
+                                                     "AffineCoupling"),
         )
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> AffineCoupling:
-        config = dict(config)
-        for key in ("shift_and_log_scale_fn", "tanh_scale"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**cls._layers_from_config(config, "shift_and_log_scale_fn", "tanh_scale"))

@@ -6,9 +6,14 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import _ldj_cache, _math
-from tfp_nice.bijectors._coupling import check_finite, check_floating
-from tfp_nice.bijectors.act_norm import _check_event_ndims, _event_shape
+from tfp_nice import _math, serialization
+from tfp_nice._internal import compat
+from tfp_nice._internal.checks import (
+    check_channels_event,
+    check_finite,
+    check_floating,
+    check_int,
+)
 from tfp_nice.layers import BatchNormLayer
 
 tfb = tfp.bijectors
@@ -16,6 +21,7 @@ tfb = tfp.bijectors
 __all__ = ["BatchNorm"]
 
 
+@serialization.register
 class BatchNorm(tfb.Bijector):
     """Batch normalisation with its log-det (RealNVP [2] §3.7), trainable by Keras 3 ``fit``.
 
@@ -97,7 +103,7 @@ class BatchNorm(tfb.Bijector):
             )
         self._layer = layer
         self._training = training
-        self._event_ndims = _check_event_ndims(event_ndims)
+        self._event_ndims = check_int(event_ndims, "event_ndims", 1, 4)
         super().__init__(
             forward_min_event_ndims=self._event_ndims,
             is_constant_jacobian=False,
@@ -118,7 +124,8 @@ class BatchNorm(tfb.Bijector):
     def _shift_and_log_scale(self, x: tf.Tensor, arg: str, statistics: str):
         """``(t, s, event)`` of ``x = z * exp(s) + t``; ``statistics``: "call" or "moving"."""
         check_floating(x, "BatchNorm", arg)
-        event = _event_shape(x, self._event_ndims, self._layer.channels, "BatchNorm", arg)
+        event = check_channels_event(x, self._event_ndims, self._layer.channels, "BatchNorm",
+                                     arg)
         if statistics == "moving":
             mean, variance = self._layer.moving_statistics(x.dtype)
         else:
@@ -140,7 +147,7 @@ class BatchNorm(tfb.Bijector):
         y = check_finite(y, "BatchNorm", "y") if self.validate_args else y
         shift, log_scale, event = self._shift_and_log_scale(y, "y", "call")
         ildj = -_math.channel_affine_log_det(log_scale, event)
-        _ldj_cache.store_inverse_log_det(self, y, ildj)
+        compat.store_inverse_log_det(self, y, ildj)
         return _math.channel_affine_inverse(y, shift, log_scale)
 
     def _forward_log_det_jacobian(self, x):

@@ -8,8 +8,8 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import _math
-from tfp_nice.bijectors._coupling import check_finite, check_floating
+from tfp_nice import _math, serialization
+from tfp_nice._internal.checks import check_finite, check_floating
 from tfp_nice.layers import LogScale
 
 tfb = tfp.bijectors
@@ -17,6 +17,7 @@ tfb = tfp.bijectors
 __all__ = ["DiagonalScale"]
 
 
+@serialization.register
 class DiagonalScale(tfb.Bijector):
     """NICE's diagonal scaling [1] §3.3 with a learned log-scale ``s`` (a Keras weight)::
 

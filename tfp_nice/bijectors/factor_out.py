@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import _ldj_cache
-from tfp_nice.bijectors._coupling import check_floating
+from tfp_nice import graph, serialization
+from tfp_nice._internal import compat
+from tfp_nice._internal.checks import check_floating, check_int
 
 tfb = tfp.bijectors
 
 __all__ = ["FactorOut"]
 
 
+@serialization.register
 class FactorOut(tfb.Bijector):
     """Multi-scale factor-out [2] §3.6: an inner flow on the first channels, identity on the rest.
 
@@ -66,18 +67,9 @@ class FactorOut(tfb.Bijector):
                 "FactorOut: `bijector` must be a tfp.bijectors.Bijector (the inner flow). "
                 f"Received: bijector={bijector!r}"
             )
-        if num_kept is not None and (
-            isinstance(num_kept, bool) or not isinstance(num_kept, (int, np.integer))
-            or num_kept < 1
-        ):
-            raise ValueError(f"`num_kept` must be a positive int. Received: num_kept={num_kept!r}")
-        if isinstance(event_ndims, bool) or event_ndims not in (1, 2, 3, 4):
-            raise ValueError(
-                f"`event_ndims` must be an int in [1, 4]. Received: event_ndims={event_ndims!r}"
-            )
         self._bijector = bijector
-        self._num_kept = None if num_kept is None else int(num_kept)
-        self._event_ndims = int(event_ndims)
+        self._num_kept = None if num_kept is None else check_int(num_kept, "num_kept")
+        self._event_ndims = check_int(event_ndims, "event_ndims", 1, 4)
         super().__init__(
             forward_min_event_ndims=self._event_ndims,
             is_constant_jacobian=False,
@@ -98,9 +90,7 @@ class FactorOut(tfb.Bijector):
     @property
     def keras_layers(self) -> list:
         """Every Keras layer the inner flow uses (a ``FlowModel`` owns them)."""
-        from tfp_nice import _ownership
-
-        return _ownership.collect(self._bijector, "bijector").layers
+        return graph.collect(self._bijector, "bijector").layers
 
     def _split_point(self, x: tf.Tensor, arg: str) -> int:
         check_floating(x, "FactorOut", arg)
@@ -123,7 +113,7 @@ class FactorOut(tfb.Bijector):
         x1, x2 = x[..., :k], x[..., k:]
         y1 = self._bijector.forward(x1)
         fldj = self._bijector.forward_log_det_jacobian(x1, event_ndims=self._event_ndims)
-        _ldj_cache.store_forward_log_det(self, x, fldj)
+        compat.store_forward_log_det(self, x, fldj)
         return tf.concat([y1, x2], axis=-1)
 
     def _inverse(self, y):
@@ -131,7 +121,7 @@ class FactorOut(tfb.Bijector):
         y1, y2 = y[..., :k], y[..., k:]
         x1 = self._bijector.inverse(y1)
         ildj = self._bijector.inverse_log_det_jacobian(y1, event_ndims=self._event_ndims)
-        _ldj_cache.store_inverse_log_det(self, y, ildj)
+        compat.store_inverse_log_det(self, y, ildj)
         return tf.concat([x1, y2], axis=-1)
 
     def _forward_log_det_jacobian(self, x):
@@ -144,8 +134,6 @@ class FactorOut(tfb.Bijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config (the inner flow through :mod:`tfp_nice.serialization`)."""
-        from tfp_nice import serialization
-
         return {
             "bijector": serialization.serialize(self._bijector, "bijector"),
             "num_kept": self._num_kept,
@@ -156,8 +144,6 @@ class FactorOut(tfb.Bijector):
 
     @classmethod
     def from_config(cls, config: dict) -> FactorOut:
-        from tfp_nice import serialization
-
         config = dict(config)
         config["bijector"] = serialization.deserialize(config["bijector"])
         return cls(**config)

@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import _math
-from tfp_nice.bijectors._coupling import check_finite, check_floating
+from tfp_nice import _math, serialization
+from tfp_nice._internal.checks import check_finite, check_floating
 
 tfb = tfp.bijectors
 
@@ -17,6 +17,7 @@ __all__ = ["Squeeze", "CHANNEL_ORDERS"]
 CHANNEL_ORDERS = ("channel_major", "checkerboard")
 
 
+@serialization.register
 class Squeeze(tfb.Bijector):
     """Squeeze [2] §3.6: each ``f × f`` block of pixels becomes ``f²`` channels.
 

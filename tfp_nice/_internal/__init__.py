@@ -1,0 +1,1 @@
+"""Package-internal helpers: argument checks, TFP/Keras compatibility, atomic files."""

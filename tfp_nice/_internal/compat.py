@@ -1,0 +1,146 @@
+"""The one module that touches TensorFlow Probability and Keras internals.
+
+Each function names the private detail it relies on; ``tests/test_compat.py`` pins each one
+against the installed TFP and Keras, so an upgrade that moves a detail fails there, in one
+place, and not silently elsewhere.
+
+* **TFP's bijector cache** (``Bijector._cache``): a coupling computes its output and log-det
+  from one conditioner call and stores the log-det where ``log_prob`` looks for it, as
+  ``tfb.FFJORD`` does (:func:`store_forward_log_det`, :func:`store_inverse_log_det`).
+* **TFP's private composite bases**: ``tfb.Chain([...])`` and ``tfb.Invert(b)`` of bijectors
+  that are not composite tensors build ``_Chain`` / ``_Invert`` (:func:`is_chain`,
+  :func:`is_invert`, :func:`public_tfp_name`).
+* **State a TFP object builds itself** (``tfb.BatchNormalization``'s tf_keras layer) lives in
+  its instance attributes next to TFP's private bookkeeping (:func:`instance_state`).
+* **Keras 2 detection**: tf_keras layers, TF1 templates (:func:`is_tf_keras_layer`,
+  :func:`is_template`).
+* **Variable handles**: the ``tf.Variable`` behind a Keras 3 variable (:func:`tf_variable`).
+* **Untracked holders**: Keras and ``tf.Module`` auto-track attributes; :class:`Untracked`
+  hides TFP objects whose layers a model already owns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+__all__ = [
+    "Untracked",
+    "instance_state",
+    "is_chain",
+    "is_invert",
+    "is_template",
+    "is_tf_keras_layer",
+    "public_tfp_name",
+    "store_forward_log_det",
+    "store_inverse_log_det",
+    "tf_variable",
+]
+
+
+# --- TFP's bijector cache ----------------------------------------------------------------------
+def store_forward_log_det(bijector, x: tf.Tensor, fldj: tf.Tensor, **kwargs) -> None:
+    """Records ``fldj(x)`` so ``bijector.forward_log_det_jacobian(x)`` reuses it.
+
+    TFP keys the cache by tensor identity (and the condition ``kwargs``); it stores the
+    *inverse* log-det under ``"ildj"`` for both directions.
+    """
+    bijector._cache.forward_attributes(x, **kwargs)["ildj"] = -fldj  # noqa: SLF001
+
+
+def store_inverse_log_det(bijector, y: tf.Tensor, ildj: tf.Tensor, **kwargs) -> None:
+    """Records ``ildj(y)`` so ``bijector.inverse_log_det_jacobian(y)`` reuses it."""
+    bijector._cache.inverse_attributes(y, **kwargs)["ildj"] = ildj  # noqa: SLF001
+
+
+# --- TFP classes -------------------------------------------------------------------------------
+def _is_tfp(b: Any, name: str) -> bool:
+    return any(c.__name__ in (name, f"_{name}") for c in type(b).__mro__)
+
+
+def is_chain(b: Any) -> bool:
+    """``isinstance(b, tfb.Chain)``, also for TFP's private non-composite ``_Chain``."""
+    return _is_tfp(b, "Chain")
+
+
+def is_invert(b: Any) -> bool:
+    """``isinstance(b, tfb.Invert)``, also for TFP's private non-composite ``_Invert``."""
+    return _is_tfp(b, "Invert")
+
+
+def public_tfp_name(module, cls: type) -> str | None:
+    """The public name of a TFP class in ``module`` (``tfb`` or ``tfd``), or ``None``.
+
+    ``tfb.Chain(...)`` of non-composite bijectors is an instance of the private ``_Chain``,
+    which ``tfb.Chain(...)`` recreates.
+    """
+    name = cls.__name__
+    if getattr(module, name, None) is cls:
+        return name
+    public = getattr(module, name.lstrip("_"), None)
+    if name.startswith("_") and isinstance(public, type) and cls in public.__mro__:
+        return name.lstrip("_")
+    return None
+
+
+#: TFP's own bookkeeping attributes of bijectors and distributions (not user state).
+_TFP_PRIVATE_ATTRS = frozenset({"_cache", "_parameters", "_graph_parents", "_name", "_dtype"})
+
+
+def instance_state(obj: Any) -> list[tuple[str, Any]]:
+    """``(name, value)`` of the state a TFP object holds itself, minus TFP's bookkeeping."""
+    return [(k.lstrip("_"), v) for k, v in vars(obj).items() if k not in _TFP_PRIVATE_ATTRS]
+
+
+# --- Keras 2 / TF1 detection -------------------------------------------------------------------
+def _is_tf_keras_class(cls: type) -> bool:
+    mod = cls.__module__ or ""
+    return mod.startswith(("tf_keras", "keras.src.legacy")) or (
+        mod.startswith("tensorflow") and ".keras." in mod
+    )
+
+
+def is_tf_keras_layer(obj: Any) -> bool:
+    """Whether ``obj`` is a tf_keras (Keras 2) layer, whose weights Keras 3 cannot see.
+
+    Looks through the MRO: ``tfb.AutoregressiveNetwork`` is defined in TFP but subclasses
+    ``tf_keras.layers.Layer``.
+    """
+    legacy = any(_is_tf_keras_class(c) for c in type(obj).__mro__)
+    return legacy and hasattr(obj, "trainable_weights")
+
+
+def is_template(obj: Any) -> bool:
+    """Whether ``obj`` is a TF1 ``tf.compat.v1.make_template`` function."""
+    return type(obj).__name__ in ("Template", "EagerTemplate") and hasattr(obj, "variable_scope")
+
+
+# --- variables ---------------------------------------------------------------------------------
+def tf_variable(v: Any) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras 3 variable (``v`` itself if it is one).
+
+    Under a ``tf.distribute`` strategy Keras' ``.value`` is a read, so the handle is its
+    private ``_value``.
+    """
+    if isinstance(v, keras.Variable):
+        value = v.value
+        if not isinstance(value, tf.Variable):
+            value = v._value  # noqa: SLF001
+        v = value
+    if not isinstance(v, tf.Variable):
+        raise TypeError(f"Not a tf.Variable or a Keras variable: {v!r}")
+    return v
+
+
+class Untracked:
+    """Holds objects out of sight of Keras' and ``tf.Module``'s attribute tracking.
+
+    Keras auto-tracks attributes of layers and models: a ``tfd.TransformedDistribution``
+    assigned to a model would be wrapped and walked. A model that already owns every layer
+    of its flow keeps the TFP objects in one of these.
+    """
+
+    def __init__(self, **kwargs: Any):
+        self.__dict__.update(kwargs)

@@ -1,0 +1,28 @@
+"""A base for layers whose weights' shapes come from constructor arguments alone."""
+
+from __future__ import annotations
+
+import keras
+
+__all__ = ["SelfBuiltLayer"]
+
+
+class SelfBuiltLayer(keras.layers.Layer):
+    """``build()`` creates the weights from the constructor's arguments (it ignores
+    ``input_shape``); reading a weight through :meth:`weight` builds the layer first, so the
+    weights exist as soon as anyone needs them, including a bijector that reads them without
+    calling the layer."""
+
+    def build(self, input_shape=None):
+        self._weights_by_name = self.create_weights()
+
+    def create_weights(self) -> dict:
+        """Creates the layer's weights; returns them by name."""
+        raise NotImplementedError
+
+    def weight(self, name: str):
+        """The weight ``name``, building the layer first if needed."""
+        if not self.built:
+            self.build(None)
+            self.built = True
+        return self._weights_by_name[name]

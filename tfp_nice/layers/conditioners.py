@@ -1,0 +1,176 @@
+"""Coupling conditioners: dense (vectors) and small convolutional (images) networks.
+
+Both are a stack of hidden layers followed by a zero-initialised output layer, so a new
+coupling starts as the identity map; they share that stack (:class:`_StackConditioner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from tfp_nice._internal.checks import check_int, is_int
+
+__all__ = ["MLPConditioner", "ConvConditioner"]
+
+
+class _StackConditioner(keras.layers.Layer):
+    """``hidden`` layers, then ``out``: built in order, called in order."""
+
+    hidden: list
+    out: keras.layers.Layer
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+        self.out.build(shape)
+
+    def call(self, inputs):
+        h = inputs
+        for layer in self.hidden:
+            h = layer(h)
+        return self.out(h)
+
+
+def _units(hidden_units) -> tuple[int, ...]:
+    try:
+        units = tuple(hidden_units)
+    except TypeError:
+        raise ValueError(
+            "`hidden_units` must be a sequence of positive ints, e.g. (64, 64). "
+            f"Received: hidden_units={hidden_units!r}"
+        ) from None
+    if any(not is_int(u) or u < 1 for u in units):
+        raise ValueError(
+            "`hidden_units` must be a sequence of positive ints. "
+            f"Received: hidden_units={hidden_units!r}"
+        )
+    return tuple(int(u) for u in units)
+
+
+@keras.saving.register_keras_serializable(package="tfp_nice")
+class MLPConditioner(_StackConditioner):
+    """A dense network ``[batch, d_in] -> [batch, output_units]`` for coupling conditioners.
+
+    ``hidden_units`` dense layers with ``activation``, then a linear output layer whose
+    kernel and bias start at zero, so ``AdditiveCoupling``/``AffineCoupling`` (with the
+    ``exp``, ``tanh`` or ``soft_clamp`` stabiliser) start as the identity map.
+
+    Args:
+      output_units: width of the output; ``d2`` for an additive coupling's shift,
+        ``2 * d2`` for an affine coupling's ``[shift, raw log-scale]``.
+      hidden_units: widths of the hidden layers, e.g. ``(1000,) * 5`` for NICE on MNIST.
+      activation: Keras activation of the hidden layers.
+      kernel_initializer: initializer of the hidden kernels.
+      zero_init_output: if ``False`` the output layer uses ``kernel_initializer`` too.
+      **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
+
+    Example:
+      >>> import numpy as np
+      >>> net = MLPConditioner(output_units=3, hidden_units=(8,))
+      >>> net(np.zeros([2, 5], "float32")).shape
+      TensorShape([2, 3])
+    """
+
+    def __init__(
+        self,
+        output_units: int,
+        hidden_units: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        kernel_initializer: str = "glorot_uniform",
+        zero_init_output: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.output_units = check_int(output_units, "output_units")
+        self.hidden_units = _units(hidden_units)
+        self.activation = keras.activations.serialize(keras.activations.get(activation))
+        self.kernel_initializer = kernel_initializer
+        self.zero_init_output = zero_init_output
+        dt = self.dtype_policy
+        self.hidden = [
+            keras.layers.Dense(u, activation=activation, kernel_initializer=kernel_initializer,
+                               dtype=dt, name=f"hidden_{i}")
+            for i, u in enumerate(self.hidden_units)
+        ]
+        out_init = "zeros" if zero_init_output else kernel_initializer
+        self.out = keras.layers.Dense(
+            self.output_units, kernel_initializer=out_init, bias_initializer="zeros", dtype=dt,
+            name="output",
+        )
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.output_units,)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            output_units=self.output_units,
+            hidden_units=list(self.hidden_units),
+            activation=self.activation,
+            kernel_initializer=self.kernel_initializer,
+            zero_init_output=self.zero_init_output,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfp_nice")
+class ConvConditioner(_StackConditioner):
+    """A small plain conv net for image couplings (Glow's ``3x3 -> 1x1 -> 3x3`` shape).
+
+    ``[N, H, W, C_in] -> [N, H, W, output_channels]``: one ``"same"`` convolution per entry of
+    ``filters`` with ``activation`` (kernel ``kernel_size`` for the first, 1x1 for the rest),
+    then a zero-initialised ``kernel_size`` output convolution, so a new coupling is the
+    identity. Cheaper than :class:`~tfp_nice.layers.ResNetConditioner`; no weight
+    normalisation.
+
+    Args:
+      output_channels: channels of the output.
+      filters: widths of the hidden convolutions, e.g. ``(64, 64)``.
+      kernel_size: kernel of the first hidden and of the output convolution.
+      activation: Keras activation of the hidden layers.
+      zero_init_output: if ``False`` the output layer uses the default initializer.
+      **kwargs: ``keras.layers.Layer`` arguments.
+
+    Example:
+      >>> import numpy as np
+      >>> net = ConvConditioner(output_channels=4, filters=(8,))
+      >>> net(np.zeros([2, 4, 4, 3], "float32")).shape
+      TensorShape([2, 4, 4, 4])
+    """
+
+    def __init__(self, output_channels: int, filters: Sequence[int] = (64, 64),
+                 kernel_size: int = 3, activation: str = "relu", zero_init_output: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.output_channels = check_int(output_channels, "output_channels")
+        try:
+            filters = tuple(filters)
+        except TypeError:
+            filters = (filters,)
+        self.filters = tuple(check_int(f, "filters") for f in filters)
+        self.kernel_size = check_int(kernel_size, "kernel_size")
+        self.activation = keras.activations.serialize(keras.activations.get(activation))
+        self.zero_init_output = bool(zero_init_output)
+        dt = self.dtype_policy
+        self.hidden = [
+            keras.layers.Conv2D(f, kernel_size if i == 0 else 1, padding="same",
+                                activation=activation, dtype=dt, name=f"hidden_{i}")
+            for i, f in enumerate(self.filters)
+        ]
+        out_init = "zeros" if self.zero_init_output else "glorot_uniform"
+        self.out = keras.layers.Conv2D(output_channels, kernel_size, padding="same",
+                                       kernel_initializer=out_init, dtype=dt, name="output")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.output_channels,)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(output_channels=self.output_channels, filters=list(self.filters),
+                      kernel_size=self.kernel_size, activation=self.activation,
+                      zero_init_output=self.zero_init_output)
+        return config

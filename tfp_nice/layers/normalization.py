@@ -1,0 +1,179 @@
+"""The weights of the ActNorm and batch-norm bijectors, as Keras layers."""
+
+from __future__ import annotations
+
+import keras
+
+from tfp_nice import _math
+from tfp_nice._internal.checks import check_int, check_number
+from tfp_nice.layers._self_built import SelfBuiltLayer
+
+__all__ = ["ActNormLayer", "BatchNormLayer"]
+
+
+@keras.saving.register_keras_serializable(package="tfp_nice")
+class ActNormLayer(SelfBuiltLayer):
+    """The weights of :class:`tfp_nice.bijectors.ActNorm`: per-channel ``loc`` and ``log_scale``.
+
+    Also holds ``initialized`` (a non-trainable 0/1 weight), so a saved and reloaded model
+    knows its data-dependent initialisation is done. Calling the layer returns
+    ``(loc, log_scale)``.
+
+    Args:
+      channels: the number of channels ``C`` (the last axis of the event).
+      **kwargs: ``keras.layers.Layer`` arguments.
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = check_int(channels, "channels")
+
+    def create_weights(self) -> dict:
+        c = (self.channels,)
+        return {
+            "loc": self.add_weight(name="loc", shape=c, initializer="zeros"),
+            "log_scale": self.add_weight(name="log_scale", shape=c, initializer="zeros"),
+            "initialized": self.add_weight(name="initialized", shape=(), initializer="zeros",
+                                           trainable=False),
+        }
+
+    @property
+    def loc(self):
+        """The per-channel shift ``t``."""
+        return self.weight("loc")
+
+    @property
+    def log_scale(self):
+        """The per-channel log-scale ``s``."""
+        return self.weight("log_scale")
+
+    @property
+    def initialized(self):
+        """A non-trainable 0/1 weight: whether the data-dependent initialisation ran."""
+        return self.weight("initialized")
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether :meth:`initialize` has run (read eagerly)."""
+        return bool(keras.ops.convert_to_numpy(self.initialized) > 0.5)
+
+    def initialize(self, loc, log_scale) -> None:
+        """Sets ``loc`` and ``log_scale`` and marks the layer initialised."""
+        self.loc.assign(keras.ops.cast(loc, self.loc.dtype))
+        self.log_scale.assign(keras.ops.cast(log_scale, self.log_scale.dtype))
+        self.initialized.assign(keras.ops.ones((), self.initialized.dtype))
+
+    def call(self, inputs=None):
+        return self.loc.value, self.log_scale.value
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(channels=self.channels)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfp_nice")
+class BatchNormLayer(SelfBuiltLayer):
+    """The weights of :class:`tfp_nice.bijectors.BatchNorm`: moving statistics and ``γ``, ``β``.
+
+    ``moving_mean`` and ``moving_variance`` are non-trainable Keras weights (saved with the
+    model; aggregation ``"mean"`` so ``tf.distribute`` replicas may update them); ``log_gamma``
+    and ``beta`` are trainable (``center``/``scale``). Calling the layer on a batch returns the
+    ``(mean, variance)`` to normalise with:
+
+    * ``training=True`` (Keras passes it down from ``model.fit``/``model(x, training=True)``):
+      the batch statistics over every axis but the last — all-reduced across replicas under a
+      ``tf.distribute`` strategy (synchronised batch norm) — and, unless ``update=False``, the
+      moving averages move towards them: ``m <- momentum * m + (1 - momentum) * batch``;
+    * otherwise: the moving averages.
+
+    Args:
+      channels: the number of channels ``C``.
+      momentum: of the moving averages (RealNVP's code: 0.9, i.e. its ``decay=0.1``).
+      epsilon: added to the variance (RealNVP's code: 1e-4).
+      center: learn a shift ``β``.
+      scale: learn a log-scale ``log γ``.
+      **kwargs: ``keras.layers.Layer`` arguments.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.9, epsilon: float = 1e-4,
+                 center: bool = True, scale: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = check_int(channels, "channels")
+        self.momentum = check_number(momentum, "momentum", 0.0, 1.0, high_inclusive=False,
+                                     what="in [0, 1)")
+        self.epsilon = check_number(epsilon, "epsilon", 0.0, low_inclusive=False,
+                                    what="a float > 0")
+        self.center = bool(center)
+        self.scale = bool(scale)
+
+    def create_weights(self) -> dict:
+        shape = (self.channels,)
+        weights = {
+            "moving_mean": self.add_weight(name="moving_mean", shape=shape, initializer="zeros",
+                                           trainable=False, aggregation="mean"),
+            "moving_variance": self.add_weight(name="moving_variance", shape=shape,
+                                               initializer="ones", trainable=False,
+                                               aggregation="mean"),
+        }
+        if self.scale:
+            weights["log_gamma"] = self.add_weight(name="log_gamma", shape=shape,
+                                                   initializer="zeros")
+        if self.center:
+            weights["beta"] = self.add_weight(name="beta", shape=shape, initializer="zeros")
+        return weights
+
+    @property
+    def moving_mean(self):
+        """The moving average of the batch means (non-trainable)."""
+        return self.weight("moving_mean")
+
+    @property
+    def moving_variance(self):
+        """The moving average of the batch variances (non-trainable)."""
+        return self.weight("moving_variance")
+
+    @property
+    def log_gamma(self):
+        """The learned log-scale ``log γ`` (``None`` with ``scale=False``)."""
+        return self.weight("log_gamma") if self.scale else None
+
+    @property
+    def beta(self):
+        """The learned shift ``β`` (``None`` with ``center=False``)."""
+        return self.weight("beta") if self.center else None
+
+    def call(self, inputs, training=None, update=True):
+        if not training:
+            return (keras.ops.cast(self.moving_mean.value, inputs.dtype),
+                    keras.ops.cast(self.moving_variance.value, inputs.dtype))
+        mean, variance = _math.moments(inputs, synchronized=True)
+        if update:
+            m = self.momentum
+            self.moving_mean.assign(
+                m * self.moving_mean.value
+                + (1 - m) * keras.ops.cast(keras.ops.stop_gradient(mean), self.moving_mean.dtype)
+            )
+            self.moving_variance.assign(
+                m * self.moving_variance.value
+                + (1 - m) * keras.ops.cast(keras.ops.stop_gradient(variance),
+                                           self.moving_variance.dtype)
+            )
+        return mean, variance
+
+    def moving_statistics(self, dtype):
+        """``(moving_mean, moving_variance)`` as tensors of ``dtype``."""
+        return (keras.ops.cast(self.moving_mean.value, dtype),
+                keras.ops.cast(self.moving_variance.value, dtype))
+
+    def affine(self, dtype):
+        """``(log_gamma, beta)`` as tensors of ``dtype`` (``None`` where disabled)."""
+        lg = None if self.log_gamma is None else keras.ops.cast(self.log_gamma.value, dtype)
+        b = None if self.beta is None else keras.ops.cast(self.beta.value, dtype)
+        return lg, b
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(channels=self.channels, momentum=self.momentum, epsilon=self.epsilon,
+                      center=self.center, scale=self.scale)
+        return config

@@ -1,0 +1,81 @@
+"""Learned scales: the ``c`` of ``s = c * tanh(h)`` and a free log-scale (NICE's ``exp(s)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from tfp_nice import _math
+from tfp_nice._internal.checks import check_event_shape
+from tfp_nice.layers._self_built import SelfBuiltLayer
+
+__all__ = ["TanhScale", "LogScale"]
+
+
+@keras.saving.register_keras_serializable(package="tfp_nice")
+class TanhScale(keras.layers.Layer):
+    """``s = c * tanh(h)`` with a learned per-unit ``c`` (RealNVP's scale stabiliser).
+
+    ``c`` has the size of ``h``'s last axis and starts at ``initial_scale``.
+
+    Example:
+      >>> import numpy as np
+      >>> TanhScale(initial_scale=2.0)(np.zeros([1, 3], "float32")).shape
+      TensorShape([1, 3])
+    """
+
+    def __init__(self, initial_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_scale = float(initial_scale)
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            name="scale",
+            shape=(int(input_shape[-1]),),
+            initializer=keras.initializers.Constant(self.initial_scale),
+        )
+
+    def call(self, h):
+        return _math.stabilise_log_scale(h, "tanh", tanh_scale=self.scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(initial_scale=self.initial_scale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfp_nice")
+class LogScale(SelfBuiltLayer):
+    """Holds one free weight ``log_scale`` of shape ``event_shape`` (zeros at start).
+
+    Calling the layer returns the weight; :class:`tfp_nice.bijectors.DiagonalScale` reads it.
+
+    Example:
+      >>> LogScale([2, 2])().shape
+      TensorShape([2, 2])
+    """
+
+    def __init__(self, event_shape: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.event_shape = check_event_shape(event_shape)
+
+    def create_weights(self) -> dict:
+        return {"log_scale": self.add_weight(name="log_scale", shape=self.event_shape,
+                                             initializer="zeros")}
+
+    @property
+    def log_scale(self):
+        """The weight ``s``."""
+        return self.weight("log_scale")
+
+    def call(self, inputs=None):
+        return self.log_scale.value
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(event_shape=list(self.event_shape))
+        return config

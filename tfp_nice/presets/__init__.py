@@ -1,0 +1,12 @@
+"""Paper models as ``FlowModel`` subclasses built from a few hyper-parameters.
+
+* :class:`NICE` — additive couplings, diagonal scaling, logistic prior (arXiv:1410.8516);
+* :class:`RealNVP` — affine couplings on vectors (arXiv:1605.08803);
+* :class:`RealNVPImage` — RealNVP's multi-scale image architecture.
+"""
+
+from tfp_nice.presets.nice import NICE
+from tfp_nice.presets.realnvp import RealNVP
+from tfp_nice.presets.realnvp_image import RealNVPImage
+
+__all__ = ["NICE", "RealNVP", "RealNVPImage"]

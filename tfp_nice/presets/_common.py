@@ -1,0 +1,102 @@
+"""What every preset shares: its config, argument checks, preprocessing and coupling builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow_probability as tfp
+
+from tfp_nice import layers, masks, preprocessing
+from tfp_nice._internal.checks import check_event_shape
+from tfp_nice.flow_model import FlowModel
+
+tfb = tfp.bijectors
+
+__all__ = [
+    "Preset",
+    "alternating_couplings",
+    "check_logit",
+    "data_steps",
+    "flatten_step",
+    "preset_event_shape",
+    "vector_mask",
+]
+
+
+class Preset(FlowModel):
+    """A FlowModel built from a few hyper-parameters; its config is those hyper-parameters.
+
+    Subclasses set ``self._preset_config`` (the constructor's arguments) after building.
+    """
+
+    _preset_config: dict
+
+    def get_config(self) -> dict:
+        config = keras.Model.get_config(self)
+        config.update(self._preset_config)
+        if self.memory_saving:
+            config["memory_saving"] = True
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+
+def preset_event_shape(event_shape) -> tuple[int, ...]:
+    """The data event shape of a coupling flow: positive ints, at least 2 units."""
+    shape = check_event_shape(event_shape, example="[784] or [8, 8, 1]")
+    if int(np.prod(shape)) < 2:
+        raise ValueError(f"A coupling flow needs at least 2 dimensions. Received: {list(shape)}")
+    return shape
+
+
+def check_logit(logit_alpha, data_scale) -> None:
+    """The logit acts on data rescaled to ``[0, 1)``: it needs ``data_scale``."""
+    if logit_alpha is not None and data_scale is None:
+        raise ValueError(
+            "`logit_alpha` needs `data_scale` (the logit acts on data rescaled to [0, 1)). "
+            f"Received: logit_alpha={logit_alpha!r}, data_scale=None"
+        )
+
+
+def data_steps(data_scale, data_low, logit_alpha) -> list:
+    """Preprocessing steps nearest the data (rescale to ``[0, 1)``, RealNVP's logit)."""
+    steps = []
+    if data_scale is not None:
+        steps += preprocessing.rescale(data_scale, data_low)
+    if logit_alpha is not None:
+        steps += preprocessing.logit(logit_alpha)
+    return steps
+
+
+def flatten_step(event_shape: Sequence[int]) -> list:
+    """A ``tfb.Reshape`` that flattens an image event to a vector (none for vectors)."""
+    if len(event_shape) == 1:
+        return []
+    size = int(np.prod(event_shape))
+    return [tfb.Reshape(event_shape_out=list(event_shape), event_shape_in=[size])]
+
+
+def vector_mask(kind: str, size: int) -> masks.Mask:
+    """The first coupling's mask of a vector preset: ``"even_odd"`` or ``"half"``."""
+    if kind == "even_odd":
+        return masks.even_odd(size)
+    if kind == "half":
+        return masks.half(size, num_masked=size // 2)
+    raise ValueError(f"`mask` must be 'even_odd' or 'half'. Received: mask={kind!r}")
+
+
+def alternating_couplings(num: int, first: masks.Mask, hidden_units, activation: str,
+                          make: Callable, units_per_unit: int) -> list:
+    """``num`` couplings whose masks alternate ``first`` / its complement (the halves swap);
+    ``make(net, mask, i)`` builds coupling ``i`` around its :class:`MLPConditioner`."""
+    steps = []
+    for i in range(num):
+        m = first if i % 2 == 0 else first.complement()
+        net = layers.MLPConditioner(units_per_unit * m.num_transformed, tuple(hidden_units),
+                                    activation, name=f"coupling_{i}_net")
+        steps.append(make(net, m, i))
+    return steps

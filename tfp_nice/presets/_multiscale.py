@@ -1,0 +1,41 @@
+"""Multi-scale layouts: which scale each latent unit of a FactorOut-nested flow belongs to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_nice import graph
+from tfp_nice.bijectors import FactorOut
+
+__all__ = ["latent_scale_labels"]
+
+
+def latent_scale_labels(steps: Sequence, latent_shape: Sequence[int]) -> np.ndarray:
+    """An int array of ``latent_shape``: the scale at which each latent unit leaves the flow.
+
+    Reads the layout off the steps themselves: the units a :class:`FactorOut` factors out
+    belong to its scale ``i``, those its inner flow keeps to scale ``i + 1`` (recursively),
+    and the shape steps between the FactorOut and the latent (squeezes) carry the labels to
+    latent positions. A flow without a FactorOut is one scale.
+    """
+    return _labels(graph.flatten_chains(steps), list(latent_shape), 0).astype(np.int32)
+
+
+def _labels(steps: list, latent_shape: list, scale: int) -> np.ndarray:
+    j = next((k for k, b in enumerate(steps) if isinstance(b, FactorOut)), None)
+    if j is None:
+        return np.full(latent_shape, float(scale))
+    shape = tf.TensorShape(latent_shape)
+    for b in reversed(steps[j + 1 :]):  # latent -> the FactorOut's latent side
+        shape = b.forward_event_shape(shape)
+    shape = shape.as_list()
+    factor_out = steps[j]
+    kept = factor_out.num_kept if factor_out.num_kept is not None else shape[-1] // 2
+    inner = _labels(graph.flatten_chains([factor_out.bijector]), shape[:-1] + [kept], scale + 1)
+    labels = np.concatenate([inner, np.full(shape[:-1] + [shape[-1] - kept], float(scale))], -1)
+    for b in steps[j + 1 :]:  # the FactorOut's latent side -> latent positions
+        labels = b.inverse(labels[None]).numpy()[0]
+    return labels

@@ -313,3 +313,69 @@ def test_float64_values_beyond_float32_are_reported(tmp_path):
     x[2, 2] = 1e300
     with pytest.raises(DataError, match="1 value.*exceed the float32 range"):
         data.load(_save(tmp_path / "huge.npy", x=x))
+
+
+# --- labels, levels ----------------------------------------------------------------------------
+def test_digits_come_with_their_labels_in_the_same_order():
+    s = data.load("digits")
+    assert s.has_labels and s.num_classes == 10
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    lookup = {img.astype(np.uint8).tobytes(): t for img, t in zip(bunch.images, bunch.target)}
+    for x, y in ((s.train, s.train_labels), (s.test, s.test_labels)):
+        assert y.dtype == np.int64 and len(y) == len(x)
+        assert [lookup[img[..., 0].astype(np.uint8).tobytes()] for img in x[:50]] == list(y[:50])
+
+
+def test_npz_labels_are_carved_with_their_examples(tmp_path):
+    x = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1).repeat(2, axis=1)
+    y = np.arange(100) % 7
+    np.savez(tmp_path / "l.npz", x=x, y=y)
+    s = data.load(str(tmp_path / "l.npz"), seed=3)
+    assert s.num_classes == 7 and s.spec.event_shape == (2, 1, 1)
+    for xs, ys in ((s.train, s.train_labels), (s.validation, s.validation_labels),
+                   (s.test, s.test_labels)):
+        np.testing.assert_array_equal(xs[:, 0, 0, 0].astype(int) % 7, ys)
+    np.savez(tmp_path / "t.npz", x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
+    s = data.load(str(tmp_path / "t.npz"))
+    np.testing.assert_array_equal(s.test_labels, y[80:])
+
+
+_X = np.random.default_rng(0).random((20, 2))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x_train=_X, y_train=np.zeros(20, int), x_test=_X[:5]),
+     r"labels are given for the train, validation split\(s\) but not for test"),
+    (dict(x=_X, y=np.full(20, 0.5)), "must be integers"),
+    (dict(x=_X, y=-np.ones(20, int)), "class indices >= 0; found -1"),
+    (dict(x=_X, y=np.zeros(19, int)), "19 training labels for 20"),
+    (dict(x=_X, y=np.zeros((20, 2), int)), "one integer per example"),
+])
+def test_bad_labels_are_one_line_errors(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        data.load(str(tmp_path / "bad.npz"))
+
+
+def test_bool_data_has_two_levels_and_huge_integers_are_refused(tmp_path):
+    np.save(tmp_path / "b.npy", np.random.default_rng(0).random((40, 4)) > 0.5)
+    s = data.load(str(tmp_path / "b.npy"))
+    assert s.spec.num_levels == 2 and (s.spec.low, s.spec.high) == (0.0, 1.0)
+    np.save(tmp_path / "big.npy", np.arange(40, dtype=np.int64).reshape(20, 2) + 2**24)
+    with pytest.raises(DataError, match=r"more than 2\*\*24 levels"):
+        data.load(str(tmp_path / "big.npy"))
+    with pytest.raises(DataError, match="num_levels=16777217"):
+        data.load("digits", num_levels=2**24 + 1)
+
+
+def test_labelled_pipelines_yield_pairs_in_order():
+    s = data.load("digits")
+    ds = data.as_dataset(s.test, s.spec, 100, training=False, labels=s.test_labels)
+    x, y = next(iter(ds))
+    assert x.shape == (100, 8, 8, 1) and y.dtype.name == "int32"
+    np.testing.assert_array_equal(y.numpy(), s.test_labels[:100])
+    assert np.all(np.floor(x.numpy()) == s.test[:100])
+    with pytest.raises(DataError, match="`labels` must be 270 integers"):
+        data.as_dataset(s.test, s.spec, 10, training=True, labels=s.test_labels[:5])

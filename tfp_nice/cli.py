@@ -1,28 +1,36 @@
 """``tfp-nice``: train, evaluate and sample reversible generative models from the shell.
 
   tfp-nice train [--model nice|realnvp|realnvp-image] [--data digits|moons|...|PATH|tfds:NAME]
-                 [--epochs N] [--num-scales S --num-blocks B --filters F (realnvp-image)]
-                 [--batch-size B] [--out DIR] [--seed S] [--strategy none|mirrored]
-                 [--resume | --overwrite]
+                 [--epochs N] [--time-limit MINUTES] [--out DIR] [--resume | --overwrite] ...
   tfp-nice evaluate RUN_DIR|MODEL.keras [--data ...]
   tfp-nice sample RUN_DIR [-n N] [--temperature T] [--seed S] [--out FILE.png|.npy]
   tfp-nice export RUN_DIR [--out saved_models/NAME] [--version N] [--max-samples M]
 
-Bad input (missing or corrupt files, wrong arrays, NaN, out-of-range pixels, unknown names,
-a finished ``--out``) ends with a one-line ``tfp-nice: error: ...`` and exit code 2; nothing
-already written is destroyed or left half-written.
+This module parses arguments, checks them (and the files and directories they name) before
+importing TensorFlow, and turns errors into one line naming the flag: exit code 2 for bad
+input (missing or corrupt files, wrong arrays, NaN, out-of-range values, a run directory that
+cannot be used as asked, a full disk), 3 when training diverges, 130 on Ctrl-C. Nothing
+already written is destroyed or left half-written. The work itself is in
+:mod:`tfp_nice.training`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import os
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main"]
+
+_MAX_SEED = 2**32 - 1
+_MAX_VERSION = 2**31 - 1
+_MAX_SAMPLES = 100_000
+_MAX_TEMPERATURE = 10.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,33 +39,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tfp-nice: error: {message}\n")
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``."""
+def _int_in(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer in ``[minimum, maximum]``."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+def _float_in(high: float | None = None):
+    """An argparse type: a finite number in ``(0, high]``."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf") or (high is not None and value > high):
+            bound = f"in (0, {high:g}]" if high is not None else "> 0"
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+        return value
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return parse
 
 
 def _units(text: str) -> tuple[int, ...]:
@@ -77,79 +88,88 @@ def _range(text: str) -> tuple[float, float]:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH like 0,255, got {text!r}") from None
-    if not high > low:
-        raise argparse.ArgumentTypeError(f"expected LOW < HIGH, got {text!r}")
+    if not (float("-inf") < low < high < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected finite LOW < HIGH, got {text!r}")
     return low, high
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tfp-nice", description="Reversible generative models with TFP and Keras.")
-    p.add_argument("--debug", action="store_true",
-                   help="show tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _train_parser(sub) -> None:
+    from tfp_nice.training.config import MODEL_NAMES, STRATEGIES
 
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
-    t.add_argument("--model", default="nice", choices=["nice", "realnvp", "realnvp-image"],
+    t.add_argument("--model", default="nice", choices=list(MODEL_NAMES),
                    help="nice | realnvp (vector MLP couplings) | realnvp-image (RealNVP's "
                         "multi-scale convolutional architecture, image data only)")
     t.add_argument("--data", default="digits",
                    help="digits | moons | rings | checkerboard | 8gaussians | PATH.npy/.npz | "
                         "tfds:NAME (default: digits, offline)")
-    t.add_argument("--epochs", type=_positive_int, default=None)
-    t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--learning-rate", type=_positive_float, default=None)
-    t.add_argument("--num-couplings", type=_positive_int, default=None)
+    t.add_argument("--epochs", type=_int_in(1, 10**6), default=None)
+    t.add_argument("--time-limit", type=_float_in(1e6), default=None, metavar="MINUTES",
+                   help="stop training when this many minutes of training are spent (counted "
+                        "over resumptions); the best validation weights are kept")
+    t.add_argument("--batch-size", type=_int_in(1, 10**6), default=64)
+    t.add_argument("--learning-rate", type=_float_in(), default=None)
+    t.add_argument("--num-couplings", type=_int_in(1, 10**4), default=None)
     t.add_argument("--hidden-units", type=_units, default=None, help="e.g. 256,256")
-    t.add_argument("--num-scales", type=_positive_int, default=None,
+    t.add_argument("--num-scales", type=_int_in(1, 16), default=None,
                    help="realnvp-image: scales of the multi-scale architecture (default: as many "
                         "as keep the smallest image >= 4x4, at most 3)")
-    t.add_argument("--num-blocks", type=_positive_int, default=None,
+    t.add_argument("--num-blocks", type=_int_in(1, 10**3), default=None,
                    help="realnvp-image: residual blocks per coupling network (default: 2)")
-    t.add_argument("--filters", type=_positive_int, default=None,
+    t.add_argument("--filters", type=_int_in(1, 10**5), default=None,
                    help="realnvp-image: feature maps at the first scale (default: 16 for "
                         "images up to 16x16 pixels, else 32)")
-    t.add_argument("--patience", type=_positive_int, default=None,
+    t.add_argument("--patience", type=_int_in(1, 10**6), default=None,
                    help="early-stopping patience in epochs (default: epochs/4)")
     t.add_argument("--value-range", type=_range, default=None,
                    help="LOW,HIGH of your data's values (default: detected)")
-    t.add_argument("--num-levels", type=_positive_int, default=None,
+    t.add_argument("--num-levels", type=_int_in(2, 2**24), default=None,
                    help="number of integer levels of your data (default: 256 for uint8)")
-    t.add_argument("--seed", type=_non_negative_int, default=0)
-    t.add_argument("--strategy", default="none", choices=["none", "mirrored"],
+    t.add_argument("--seed", type=_int_in(0, _MAX_SEED), default=0)
+    t.add_argument("--strategy", default="none", choices=list(STRATEGIES),
                    help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or logical CPUs)")
-    t.add_argument("--logical-cpus", type=_positive_int, default=None,
+    t.add_argument("--logical-cpus", type=_int_in(1, 64), default=None,
                    help="split the CPU into N logical devices (to run --strategy mirrored "
                         "without GPUs)")
     t.add_argument("--out", default=None,
                    help="run directory (default: runs/<model>-<data>-<timestamp>/)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="train a finished run further")
-    g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the tfp_nice run in --out (only a run directory holding "
+                        "nothing but run files; the old run stays until the new one finished)")
     t.add_argument("--no-export", action="store_true",
                    help="skip writing the TF Serving SavedModel RUN_DIR/saved_model/1/")
 
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tfp-nice", description="Reversible generative models with TFP and Keras.")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks and TensorFlow's own log lines")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub)
     e = sub.add_parser("evaluate", help="held-out NLL and bits/dim of a trained model")
     e.add_argument("run", help="a run directory or a .keras file")
     e.add_argument("--data", default=None, help="data to evaluate on (default: the run's)")
-    e.add_argument("--seed", type=_non_negative_int, default=0)
-
+    e.add_argument("--seed", type=_int_in(0, _MAX_SEED), default=0)
     s = sub.add_parser("sample", help="draw samples from a trained model")
     s.add_argument("run", help="a run directory or a .keras file")
-    s.add_argument("-n", "--num-samples", type=_positive_int, default=64)
-    s.add_argument("--temperature", type=_positive_float, default=1.0)
-    s.add_argument("--seed", type=_non_negative_int, default=0)
+    s.add_argument("-n", "--num-samples", type=_int_in(1, _MAX_SAMPLES), default=64,
+                   help=f"number of samples, at most {_MAX_SAMPLES}")
+    s.add_argument("--temperature", type=_float_in(_MAX_TEMPERATURE), default=1.0,
+                   help=f"in (0, {_MAX_TEMPERATURE:g}]")
+    s.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0)
     s.add_argument("--out", default=None, help="FILE.png or FILE.npy (default: RUN/samples-T.png)")
-
     x = sub.add_parser("export", help="write a TF Serving SavedModel (NAME/VERSION/) with "
                                       "log_prob, sample, encode and decode signatures")
     x.add_argument("run", help="a run directory or a .keras file")
     x.add_argument("--out", default=None,
                    help="the model base path, NAME/ (default: saved_models/<run name>)")
-    x.add_argument("--version", type=_positive_int, default=None,
-                   help="version number (default: one more than the largest present, or 1); "
-                        "an existing version is never overwritten")
-    x.add_argument("--max-samples", type=_positive_int, default=100_000,
-                   help="largest n the sample signature accepts (default: 100000)")
+    x.add_argument("--version", type=_int_in(1, _MAX_VERSION), default=None,
+                   help=f"version number in [1, {_MAX_VERSION}] (default: one more than the "
+                        "largest present, or 1); an existing version is never overwritten")
+    x.add_argument("--max-samples", type=_int_in(1, _MAX_VERSION), default=None,
+                   help="the most samples one request may ask for (default: 100000)")
     return p
 
 
@@ -160,38 +180,54 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in base.replace("tfds:", ""))
 
 
+def _check_run_path(path: str) -> None:
+    """A run directory or ``.keras`` file must exist before TensorFlow is worth importing."""
+    model = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not os.path.exists(model):
+        from tfp_nice.training.run_dir import RunError
+
+        raise RunError("no_model", model)
+
+
+# --- commands ------------------------------------------------------------------------------------
 def _train(args) -> int:
-    import tensorflow as tf
+    from tfp_nice import data as data_lib
+    from tfp_nice.training.config import TrainConfig
+    from tfp_nice.training.run_dir import find_unfinished_run, plan
 
-    if args.logical_cpus:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus
-        )
-    from tfp_nice import training
-
-    cfg = training.TrainConfig(
+    cfg = TrainConfig(
         model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, num_couplings=args.num_couplings,
         hidden_units=args.hidden_units, seed=args.seed, strategy=args.strategy,
         patience=args.patience, value_range=args.value_range, num_levels=args.num_levels,
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
+        time_limit=args.time_limit,
     )
     out = args.out
     if out is None:
         prefix = f"{args.model}-{_slug(args.data)}-"
-        out = training.find_unfinished_run("runs", prefix, cfg) or os.path.join(
-            "runs", prefix + time.strftime("%Y%m%d-%H%M%S")
-        )
+        out = find_unfinished_run("runs", prefix, cfg) or os.path.join(
+            "runs", prefix + time.strftime("%Y%m%d-%H%M%S"))
+    plan(os.path.abspath(out), cfg, args.resume, args.overwrite)  # refuse before any work
+    splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
+                           num_levels=cfg.num_levels)  # refused before TensorFlow starts
+    tf = _import_tensorflow()
+    if args.logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
+    from tfp_nice import training
+
     metrics = training.train(cfg, out, resume=args.resume, overwrite=args.overwrite,
-                             serving_export=not args.no_export,
+                             serving_export=not args.no_export, warn_fn=_warning, splits=splits,
                              # a progress bar on a terminal, one line per epoch in a log file
                              verbose=1 if sys.stdout.isatty() else 2)
     out = os.path.abspath(out)
     print(f"held-out NLL: {metrics['test_nll_nats']:.3f} nats, "
           f"{metrics['test_bits_per_dim']:.4f} bits/dim "
           f"({metrics['epochs']} epochs, best epoch {metrics['best_epoch']}, "
-          f"{metrics['train_seconds']:.0f} s)")
+          f"{metrics['train_seconds']:.0f} s"
+          + (", time limit reached" if metrics.get("time_limit_reached") else "") + ")")
     for name in ("model.keras", "metrics.json", "samples.png", "history.csv", "logs",
                  *(["saved_model"] if "saved_model" in metrics else [])):
         print(f"  {name:<13} {os.path.join(out, name)}")
@@ -199,82 +235,38 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from tfp_nice import data as data_lib
-    from tfp_nice import training
+    _check_run_path(args.run)
+    _import_tensorflow()
+    from tfp_nice.training import tools
 
-    model, meta = training.load_run(args.run)
-    if args.data is None and not meta:
-        raise ValueError(f"{args.run!r} has no run.json next to it; pass --data")
-    cfg = meta.get("config", {})
-    source = args.data or cfg.get("data")
-    vr = cfg.get("value_range") if args.data is None else None
-    splits = data_lib.load(source, seed=cfg.get("seed", args.seed),
-                           value_range=tuple(vr) if vr else None,
-                           num_levels=cfg.get("num_levels") if args.data is None else None)
-    if tuple(splits.spec.event_shape) != tuple(model.event_shape):
-        raise ValueError(
-            f"--data {source!r} has event shape {list(splits.spec.event_shape)} but the model "
-            f"expects {list(model.event_shape)}"
-        )
-    nll, bpd = training.evaluate_nll(model, splits.test, splits.spec)
-    result = {"data": source, "test_nll_nats": nll, "test_bits_per_dim": bpd,
-              "num_examples": int(len(splits.test))}
-    print(f"held-out NLL on {source}: {nll:.3f} nats, {bpd:.4f} bits/dim "
-          f"({len(splits.test)} examples)")
-    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run))
-    path = os.path.join(run_dir, "evaluation.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
-    print(f"  written to {path}")
+    result = tools.evaluate_run(args.run, args.data, args.seed)
+    print(f"held-out NLL on {result['data']}: {result['test_nll_nats']:.3f} nats, "
+          f"{result['test_bits_per_dim']:.4f} bits/dim ({result['num_examples']} examples)")
+    print(f"  written to {result['path']}")
     return 0
 
 
 def _sample(args) -> int:
-    import numpy as np
-    import tensorflow as tf
+    _check_run_path(args.run)
+    if args.out is not None and not args.out.endswith((".png", ".npy")):
+        raise ValueError(f"--out must end in .png or .npy. Received: --out {args.out!r}")
+    _import_tensorflow()
+    from tfp_nice.training import tools
 
-    from tfp_nice import plotting, training
-
-    model, meta = training.load_run(args.run)
-    x = model.sample(args.num_samples, seed=tf.constant([args.seed, 0], tf.int32),
-                     temperature=args.temperature).numpy()
-    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run))
-    out = args.out or os.path.join(run_dir, f"samples-T{args.temperature:g}.png")
-    if not out.endswith((".png", ".npy")):
-        raise ValueError(f"--out must end in .png or .npy. Received: --out {out!r}")
-    if out.endswith(".npy"):
-        tmp = f"{out}.tmp-{os.getpid()}.npy"
-        np.save(tmp, x)
-        os.replace(tmp, out)
-    else:
-        data = meta.get("data", {})
-        low = data.get("low", float(x.min()))
-        high = data.get("num_levels") or data.get("high", float(x.max()))
-        plotting.save_samples_figure(out, {args.temperature: x}, low, high)
-    print(f"{args.num_samples} samples at temperature {args.temperature:g} written to "
-          f"{os.path.abspath(out)}")
+    out = tools.sample_run(args.run, args.num_samples, args.temperature, args.seed, args.out)
+    print(f"{args.num_samples} samples at temperature {args.temperature:g} written to {out}")
     return 0
 
 
 def _export(args) -> int:
-    from tfp_nice import export, training
-
-    model, meta = training.load_run(args.run)
+    _check_run_path(args.run)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run))
     named = run_dir if os.path.basename(args.run) in ("", "model.keras") else args.run
     out = args.out or os.path.join("saved_models", _slug(os.path.abspath(named)))
-    extra = {"source": args.run}
-    try:
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            metrics = json.load(f)
-        extra["metrics"] = {k: metrics[k] for k in ("test_nll_nats", "test_bits_per_dim")
-                            if k in metrics}
-    except (OSError, ValueError):
-        pass
-    path = export.save_for_serving(model, out, version=args.version, data=meta.get("data"),
-                                   max_samples=args.max_samples, extra_metadata=extra)
+    _import_tensorflow()
+    from tfp_nice.training import tools
+
+    path = tools.export_run(args.run, out, args.version, args.max_samples)
     print(f"SavedModel written to {path}")
     print("  signatures: serving_default = log_prob(x), sample(n, seed, temperature), "
           "encode(x), decode(z)")
@@ -282,22 +274,133 @@ def _export(args) -> int:
     return 0
 
 
+_COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
+
+
+# --- TensorFlow, quietly -----------------------------------------------------------------------
+_NATIVE_LOG: list = []  # the file TensorFlow's native stderr goes to (when redirected)
+
+
+def _import_tensorflow():
+    """Imports TensorFlow (Keras, TFP) without their start-up chatter on stderr.
+
+    In the ``tfp-nice`` process, stderr's file descriptor goes to a temporary file for the
+    rest of the command (TensorFlow's C++ logging writes there, past ``TF_CPP_MIN_LOG_LEVEL``);
+    the command's own messages still reach the terminal. ``--debug`` shows everything.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and _NATIVE_LOG == [] and _quiet_native():
+        sink = tempfile.TemporaryFile(mode="w+b")
+        terminal = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        sys.stderr = os.fdopen(terminal, "w", buffering=1)
+        _NATIVE_LOG.append(sink)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def _quiet_native() -> bool:
+    from tfp_nice import _started_as_cli
+
+    return _started_as_cli() and not _DEBUG
+
+
+_DEBUG = False
+
+
+def _warning(message: str) -> None:
+    print(f"tfp-nice: warning: {message}", file=sys.stderr)
+
+
+# --- errors ------------------------------------------------------------------------------------
+_RUN_MESSAGES = {
+    "foreign": "--out {path!r} exists and is not a tfp_nice run directory{detail}; choose "
+               "another --out",
+    "finished": "--out {path!r} already holds a finished run; pass --resume to train it further "
+                "or --overwrite to replace it",
+    "different_config": "--out {path!r} holds a run with a different configuration ({detail}); "
+                        "choose another --out or pass --overwrite",
+    "not_replaceable": "--overwrite refuses to replace {path!r}: {detail}",
+    "locked": "--out {path!r} is in use by another tfp-nice process ({detail}); wait for it or "
+              "choose another --out",
+    "corrupt": "{path} is unreadable: {detail}; fix or delete it, or start the run afresh with "
+               "--overwrite",
+    "no_checkpoint": "no usable checkpoint in {path} ({detail}); delete that directory to "
+                     "start from scratch, or pass --overwrite",
+    "trained_out": "--out {path!r} already trained for {detail} epochs; pass a larger "
+                   "--epochs to train further",
+    "no_model": "No model at {path!r}: pass a finished run directory or a .keras file",
+    "bad_model": "{path!r} {detail}",
+}
+
+
+def _describe(e: BaseException) -> tuple[int, str] | None:
+    """``(exit code, one-line message)`` for the errors users cause; ``None`` for bugs."""
+    from tfp_nice.training.run_dir import RunError, TrainingDiverged
+
+    if isinstance(e, TrainingDiverged):
+        return 3, str(e)
+    if isinstance(e, RunError):
+        detail = f" ({e.detail})" if e.reason == "foreign" and e.detail else e.detail
+        return 2, _RUN_MESSAGES[e.reason].format(path=e.path, detail=detail)
+    if isinstance(e, OSError):
+        return 2, _os_error(e)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(e, tf.errors.OpError):
+        if "No space left" in str(e) or isinstance(e, tf.errors.ResourceExhaustedError):
+            return 2, _os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(e)))
+        return 2, _first_line(e.message if hasattr(e, "message") else e)
+    if isinstance(e, (ValueError, TypeError)):
+        return 2, _first_line(e)
+    return None
+
+
+def _os_error(e: OSError) -> str:
+    where = f" while writing {e.filename}" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return (f"no space left on device{where}; free some space and run the same command "
+                "again to resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where.replace('writing', 'accessing')} ({e.strerror})"
+    return _first_line(e)
+
+
+def _first_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tfp-nice`` console script; returns the exit code."""
+    global _DEBUG
     args = _parser().parse_args(argv)
+    _DEBUG = args.debug
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
+    if not args.debug:
+        warnings.filterwarnings("ignore")
     try:
-        return commands[args.command](args)
+        return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("tfp-nice: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError) as e:
-        if args.debug:
+    except Exception as e:  # noqa: BLE001 - turned into one line below, or re-raised
+        described = None if args.debug else _describe(e)
+        if described is None:
+            _replay_native_log()
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        code, message = described
         print(f"tfp-nice: error: {message}", file=sys.stderr)
-        return 2
+        return code
+
+
+def _replay_native_log() -> None:
+    """On an unexpected error, show what TensorFlow wrote to stderr (it may explain it)."""
+    for sink in _NATIVE_LOG:
+        sink.seek(0)
+        sys.stderr.write(sink.read().decode("utf-8", "replace"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tfp_nice._internal import files
+
 __all__ = ["image_grid", "save_samples_figure", "save_image_panels"]
 
 
@@ -112,12 +114,8 @@ def _save(fig, path: str | os.PathLike, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with files.atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)

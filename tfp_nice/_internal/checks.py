@@ -22,7 +22,9 @@ __all__ = [
     "check_finite",
     "check_floating",
     "check_int",
+    "check_int_sequence",
     "check_number",
+    "check_value_range",
     "is_int",
 ]
 
@@ -54,6 +56,21 @@ def check_int(value: Any, arg: str, minimum: int | None = 1, maximum: int | None
     return int(value)
 
 
+def check_int_sequence(value: Any, arg: str, allow_empty: bool = True,
+                       error: type[Exception] = ValueError) -> tuple[int, ...]:
+    """``value`` as a tuple of positive ints (e.g. layer widths), else ``error`` naming ``arg``."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise error(
+            f"`{arg}` must be a sequence of positive ints, e.g. (64, 64). "
+            f"Received: {arg}={value!r}"
+        ) from None
+    if (not items and not allow_empty) or any(not is_int(u) or u < 1 for u in items):
+        raise error(f"`{arg}` must be a sequence of positive ints. Received: {arg}={value!r}")
+    return tuple(int(u) for u in items)
+
+
 def check_number(value: Any, arg: str, low: float | None = None, high: float | None = None,
                  low_inclusive: bool = True, high_inclusive: bool = True,
                  error: type[Exception] = ValueError, owner: str = "", what: str = "") -> float:
@@ -77,6 +94,21 @@ def check_number(value: Any, arg: str, low: float | None = None, high: float | N
             what = "a finite number" + (" " + " and ".join(parts) if parts else "")
         raise error(f"{_prefix(owner)}`{arg}` must be {what}. Received: {arg}={value!r}")
     return float(value)
+
+
+def check_value_range(value_range: Any, arg: str = "value_range",
+                      error: type[Exception] = ValueError) -> tuple[float, float]:
+    """A pair of finite floats ``(low, high)`` with ``low < high``, else ``error``."""
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise error(
+            f"`{arg}` must be a pair of finite numbers (low, high) with low < high. "
+            f"Received: {arg}={value_range!r}"
+        )
+    return low, high
 
 
 def check_choice(value: Any, options: Sequence, arg: str, error: type[Exception] = ValueError,

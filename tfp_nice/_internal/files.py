@@ -15,8 +15,11 @@ import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from tfp_nice._internal import faults
+
 __all__ = [
     "TMP_MARK",
+    "atomic_directory",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -58,9 +61,25 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     path = os.fspath(path)
     tmp = _tmp_name(path, suffix)
     try:
+        faults.point("write", path=path)
         yield tmp
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path))
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary directory path to fill; on success it replaces ``path`` whole
+    (see :func:`replace_directory`); on error it is removed and ``path`` is untouched."""
+    path = os.fspath(path)
+    tmp = _tmp_name(path)
+    try:
+        faults.point("write", path=path)
+        yield tmp
+        replace_directory(tmp, path)
     except BaseException:
         _remove(tmp)
         raise

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tfp_nice._internal.checks import check_int, is_int
+from tfp_nice._internal.checks import check_int, check_int_sequence
 
 __all__ = ["MLPConditioner", "ConvConditioner"]
 
@@ -33,22 +33,6 @@ class _StackConditioner(keras.layers.Layer):
         for layer in self.hidden:
             h = layer(h)
         return self.out(h)
-
-
-def _units(hidden_units) -> tuple[int, ...]:
-    try:
-        units = tuple(hidden_units)
-    except TypeError:
-        raise ValueError(
-            "`hidden_units` must be a sequence of positive ints, e.g. (64, 64). "
-            f"Received: hidden_units={hidden_units!r}"
-        ) from None
-    if any(not is_int(u) or u < 1 for u in units):
-        raise ValueError(
-            "`hidden_units` must be a sequence of positive ints. "
-            f"Received: hidden_units={hidden_units!r}"
-        )
-    return tuple(int(u) for u in units)
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
@@ -86,7 +70,7 @@ class MLPConditioner(_StackConditioner):
     ):
         super().__init__(**kwargs)
         self.output_units = check_int(output_units, "output_units")
-        self.hidden_units = _units(hidden_units)
+        self.hidden_units = check_int_sequence(hidden_units, "hidden_units")
         self.activation = keras.activations.serialize(keras.activations.get(activation))
         self.kernel_initializer = kernel_initializer
         self.zero_init_output = zero_init_output

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import tensorflow_probability as tfp
 
-from tfp_nice import layers, masks, preprocessing
-from tfp_nice._internal.checks import check_event_shape
+from tfp_nice import layers, masks, preprocessing, priors
+from tfp_nice._internal.checks import check_event_shape, check_int
 from tfp_nice.flow_model import FlowModel
 
 tfb = tfp.bijectors
@@ -21,6 +21,7 @@ __all__ = [
     "data_steps",
     "flatten_step",
     "preset_event_shape",
+    "vector_flow_start",
     "vector_mask",
 ]
 
@@ -100,3 +101,15 @@ def alternating_couplings(num: int, first: masks.Mask, hidden_units, activation:
                                     activation, name=f"coupling_{i}_net")
         steps.append(make(net, m, i))
     return steps
+
+
+def vector_flow_start(event_shape, num_couplings, prior: str, mask: str, data_scale, data_low,
+                      logit_alpha) -> tuple:
+    """What every vector preset starts from: ``(event_shape, num_couplings, base, first_mask,
+    steps)`` with the arguments checked and the data-side steps (preprocessing, flatten)."""
+    event_shape = preset_event_shape(event_shape)
+    num_couplings = check_int(num_couplings, "num_couplings")
+    check_logit(logit_alpha, data_scale)
+    size = int(np.prod(event_shape))
+    steps = data_steps(data_scale, data_low, logit_alpha) + flatten_step(event_shape)
+    return event_shape, num_couplings, priors.get(prior, [size]), vector_mask(mask, size), steps

@@ -9,17 +9,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import priors
-from tfp_nice._internal.checks import check_int
 from tfp_nice.bijectors import AdditiveCoupling, DiagonalScale
-from tfp_nice.presets._common import (
-    Preset,
-    alternating_couplings,
-    data_steps,
-    flatten_step,
-    preset_event_shape,
-    vector_mask,
-)
+from tfp_nice.presets._common import Preset, alternating_couplings, vector_flow_start
 
 tfb = tfp.bijectors
 
@@ -68,12 +59,9 @@ class NICE(Preset):
         data_low: float = 0.0,
         **kwargs,
     ):
-        event_shape = preset_event_shape(event_shape)
-        num_couplings = check_int(num_couplings, "num_couplings")
-        size = int(np.prod(event_shape))
-        base = priors.get(prior, [size])
-        first = vector_mask(mask, size)
-        steps = data_steps(data_scale, data_low, None) + flatten_step(event_shape)
+        event_shape, num_couplings, base, first, steps = vector_flow_start(
+            event_shape, num_couplings, prior, mask, data_scale, data_low, None)
+        size = first.num_masked + first.num_transformed
         steps += alternating_couplings(
             num_couplings, first, hidden_units, activation,
             lambda net, m, i: AdditiveCoupling(net, mask=m, name=f"additive_coupling_{i}"),

@@ -5,20 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 
-from tfp_nice import priors
-from tfp_nice._internal.checks import check_int
 from tfp_nice.bijectors import AffineCoupling
-from tfp_nice.presets._common import (
-    Preset,
-    alternating_couplings,
-    check_logit,
-    data_steps,
-    flatten_step,
-    preset_event_shape,
-    vector_mask,
-)
+from tfp_nice.presets._common import Preset, alternating_couplings, vector_flow_start
 
 __all__ = ["RealNVP"]
 
@@ -68,13 +57,8 @@ class RealNVP(Preset):
         logit_alpha: float | None = None,
         **kwargs,
     ):
-        event_shape = preset_event_shape(event_shape)
-        num_couplings = check_int(num_couplings, "num_couplings")
-        check_logit(logit_alpha, data_scale)
-        size = int(np.prod(event_shape))
-        base = priors.get(prior, [size])
-        first = vector_mask(mask, size)
-        steps = data_steps(data_scale, data_low, logit_alpha) + flatten_step(event_shape)
+        event_shape, num_couplings, base, first, steps = vector_flow_start(
+            event_shape, num_couplings, prior, mask, data_scale, data_low, logit_alpha)
         steps += alternating_couplings(
             num_couplings, first, hidden_units, activation,
             lambda net, m, i: AffineCoupling(net, mask=m, scale=scale, name=f"affine_coupling_{i}"),

@@ -1,0 +1,71 @@
+"""Building a run's model from its configuration, and loading a trained one."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import keras
+
+from tfp_nice.data.spec import DataSpec
+from tfp_nice.flow_model import FlowModel
+from tfp_nice.presets import NICE, RealNVP, RealNVPImage
+from tfp_nice.training.config import IMAGE_MODELS, TrainConfig, default_hparams
+from tfp_nice.training.run_dir import RunError, read_run_json
+
+__all__ = ["MODELS", "build_model", "load_run"]
+
+#: The presets :class:`~tfp_nice.training.TrainConfig` names.
+MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage}
+_IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
+
+
+def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
+    """The preset named by ``cfg.model`` with preprocessing matched to ``spec``.
+
+    Integer data (dequantized to ``[0, L)``) and bounded continuous data are rescaled to
+    ``[0, 1)``; RealNVP then applies the logit with ``α = 0.05``. Unbounded 2-D densities
+    are modelled as they are.
+    """
+    hp = default_hparams(cfg, spec)
+    if cfg.model in IMAGE_MODELS:
+        kwargs: dict[str, Any] = {k: hp[k] for k in _IMAGE_ONLY}
+    else:
+        kwargs = dict(num_couplings=hp["num_couplings"], hidden_units=hp["hidden_units"])
+    if spec.num_levels is not None:
+        kwargs.update(data_scale=float(spec.num_levels), data_low=float(spec.low))
+    elif spec.is_image:
+        kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
+    if cfg.model in ("realnvp", "realnvp-image") and "data_scale" in kwargs:
+        kwargs["logit_alpha"] = 0.05
+    return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
+
+
+def load_run(path: str) -> tuple[FlowModel, dict]:
+    """Loads ``model.keras`` from a run directory (or a ``.keras`` file) and its ``run.json``.
+
+    Raises:
+      RunError: ``no_model`` (nothing there), ``bad_model`` (not a readable tfp_nice
+        ``.keras`` file) or ``corrupt`` (an unreadable ``run.json`` beside it).
+    """
+    model_path = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not os.path.exists(model_path):
+        raise RunError("no_model", model_path)
+    if not model_path.endswith(".keras"):
+        raise RunError("bad_model", model_path, "is not a .keras model file")
+    run_dir = os.path.dirname(os.path.abspath(model_path))
+    meta = read_run_json(run_dir) if os.path.exists(os.path.join(run_dir, "run.json")) else {}
+    if not zipfile.is_zipfile(model_path):
+        raise RunError("bad_model", model_path, "is not a valid .keras file (not a zip archive; "
+                                                "truncated or corrupt?)")
+    try:
+        model = keras.models.load_model(model_path)
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RunError("bad_model", model_path,
+                       f"could not be loaded ({type(e).__name__}: {first[:200]})") from None
+    if not isinstance(model, FlowModel):
+        raise RunError("bad_model", model_path,
+                       f"holds a {type(model).__name__}, not a tfp_nice flow")
+    return model, meta

@@ -1,0 +1,206 @@
+"""What defines a training run: :class:`TrainConfig` and its resolved hyper-parameters.
+
+TensorFlow-free, so the ``tfp-nice`` command checks a configuration before importing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tfp_nice._internal.checks import (
+    check_choice,
+    check_int,
+    check_int_sequence,
+    check_number,
+    check_value_range,
+)
+
+__all__ = [
+    "IMAGE_MODELS",
+    "MAX_SEED",
+    "MODEL_NAMES",
+    "STRATEGIES",
+    "TrainConfig",
+    "default_hparams",
+]
+
+#: Model names of :class:`TrainConfig` (the presets of :mod:`tfp_nice.presets`).
+MODEL_NAMES = ("nice", "realnvp", "realnvp-image")
+#: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
+IMAGE_MODELS = ("realnvp-image",)
+#: Distribution strategies.
+STRATEGIES = ("none", "mirrored")
+#: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
+MAX_SEED = 2**32 - 1
+_IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
+_VECTOR_ONLY = ("num_couplings", "hidden_units")
+#: Fields left out of ``run.json`` while at their default, so runs written before they
+#: existed keep matching the same configuration.
+_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (``run.json`` stores it).
+
+    ``None`` hyper-parameters take per-model/per-data defaults (see :func:`default_hparams`).
+    ``time_limit`` is a training budget in minutes (training stops cleanly when it is spent,
+    counted over every resumption).
+
+    Raises:
+      ValueError: naming the field and the value, for any field out of range.
+    """
+
+    model: str = "nice"
+    data: str = "digits"
+    epochs: int | None = None
+    batch_size: int = 64
+    learning_rate: float | None = None
+    num_couplings: int | None = None
+    hidden_units: tuple[int, ...] | None = None
+    seed: int = 0
+    strategy: str = "none"
+    patience: int | None = None
+    value_range: tuple[float, float] | None = None
+    num_levels: int | None = None
+    num_scales: int | None = None
+    num_blocks: int | None = None
+    filters: int | None = None
+    time_limit: float | None = None
+
+    def __post_init__(self):
+        check_choice(self.model, MODEL_NAMES, "model")
+        if not isinstance(self.data, str) or not self.data:
+            raise ValueError(f"`data` must be a non-empty string. Received: data={self.data!r}")
+        for name in ("epochs", "batch_size", "num_couplings", "patience", *_IMAGE_ONLY):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name)
+        if self.num_levels is not None:
+            check_int(self.num_levels, "num_levels", minimum=2, maximum=2**24)
+        check_int(self.seed, "seed", minimum=0, maximum=MAX_SEED)
+        if self.learning_rate is not None:
+            check_number(self.learning_rate, "learning_rate", 0.0, 1.0, low_inclusive=False,
+                         high_inclusive=False, what="in (0, 1)")
+        if self.time_limit is not None:
+            self.time_limit = check_number(self.time_limit, "time_limit", 0.0, 1e6,
+                                           low_inclusive=False,
+                                           what="a number of minutes in (0, 1e6]")
+        if self.hidden_units is not None:
+            self.hidden_units = check_int_sequence(self.hidden_units, "hidden_units",
+                                                   allow_empty=False)
+        self._check_model_options()
+        check_choice(self.strategy, STRATEGIES, "strategy")
+        if self.value_range is not None:
+            self.value_range = check_value_range(self.value_range)
+
+    def _check_model_options(self) -> None:
+        image = self.model in IMAGE_MODELS
+        wrong = [n for n in (_VECTOR_ONLY if image else _IMAGE_ONLY)
+                 if getattr(self, n) is not None]
+        if wrong:
+            hint = ("the image model's size is set by num_scales, num_blocks and filters" if image
+                    else f"only model 'realnvp-image' takes {', '.join(_IMAGE_ONLY)}")
+            raise ValueError(
+                f"`{wrong[0]}` does not apply to model {self.model!r} ({hint}). "
+                f"Received: {wrong[0]}={getattr(self, wrong[0])!r}"
+            )
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (``run.json``'s ``config``)."""
+        d = dataclasses.asdict(self)
+        for key in ("hidden_units", "value_range"):
+            d[key] = list(d[key]) if d[key] is not None else None
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in _OMITTED_AT_DEFAULT:
+            if d[key] == defaults[key]:
+                del d[key]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, strict: bool = False) -> TrainConfig:
+        """Rebuilds a config from :meth:`to_dict`'s dict.
+
+        Args:
+          d: the dict.
+          strict: refuse keys this version does not know (a file from a newer version).
+
+        Raises:
+          ValueError: not a dict, unknown keys (``strict``) or invalid values.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"the configuration must be a JSON object. Received: {d!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if strict and unknown:
+            raise ValueError(f"unknown configuration keys {unknown}")
+        try:
+            return cls(**{k: v for k, v in d.items() if k in fields})
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+
+    def same_except(self, other: TrainConfig, *names: str) -> bool:
+        """Whether the two configurations are equal apart from the fields ``names``."""
+        a, b = self.to_dict(), other.to_dict()
+        for name in names:
+            a.pop(name, None)
+            b.pop(name, None)
+        return a == b
+
+
+def default_hparams(cfg: TrainConfig, spec) -> dict:
+    """Resolved hyper-parameters: the user's where given, else defaults for model and data.
+
+    Defaults are sized so ``tfp-nice train`` on the 8×8 digits finishes in a few minutes
+    on 2 CPU cores; the NICE paper's MNIST model is ``NICE([784])`` with its defaults.
+
+    Args:
+      cfg: the configuration.
+      spec: the data's :class:`tfp_nice.data.DataSpec`.
+    """
+    if cfg.model in IMAGE_MODELS:
+        return _image_hparams(cfg, spec)
+    small = spec.num_dims <= 16
+    if cfg.model == "nice":
+        couplings, hidden = 4, ((64, 64) if small else (256,) * 4)
+    else:
+        couplings, hidden = (8, (64, 64)) if small else (6, (256, 256))
+    epochs = cfg.epochs or (60 if small else 150)
+    return {
+        "num_couplings": cfg.num_couplings or couplings,
+        "hidden_units": tuple(cfg.hidden_units or hidden),
+        "learning_rate": cfg.learning_rate or 1e-3,
+        "epochs": epochs,
+        "patience": cfg.patience or max(10, epochs // 4),
+    }
+
+
+def _default_num_scales(height: int, width: int) -> int:
+    """The most scales (up to 3) whose smallest image is still at least 4x4 pixels."""
+    scales = 1
+    while scales < 3:
+        f = 2**scales
+        if height % f or width % f or min(height, width) // f < 4:
+            break
+        scales += 1
+    return scales
+
+
+def _image_hparams(cfg: TrainConfig, spec) -> dict:
+    """Defaults of ``realnvp-image``: 2 residual blocks; 16 base filters for images of at most
+    16x16 pixels (the 8x8 digits: 2 scales), else 32."""
+    if len(spec.event_shape) != 3:
+        raise ValueError(
+            f"Model {cfg.model!r} needs image data [height, width, channels]. "
+            f"Received data {spec.name!r} with event shape {list(spec.event_shape)}"
+        )
+    epochs = cfg.epochs or 40
+    return {
+        "num_scales": cfg.num_scales or _default_num_scales(*spec.event_shape[:2]),
+        "num_blocks": cfg.num_blocks or 2,
+        "filters": cfg.filters or (16 if spec.event_shape[0] * spec.event_shape[1] <= 256
+                                   else 32),
+        "learning_rate": cfg.learning_rate or 1e-3,
+        "epochs": epochs,
+        "patience": cfg.patience or max(10, epochs // 4),
+    }

@@ -1,0 +1,253 @@
+"""The main job in short steps: check everything, then build or resume, fit, write outputs.
+
+A run directory holds::
+
+  run.json          the configuration and data description (the marker of a run)
+  run.lock          held while a process trains the run
+  checkpoints/      model + optimizer after each epoch (two kept) until the run is finished
+  best.weights.npz  the weights with the lowest validation NLL so far (+ best.json)
+  history.csv       per-epoch loss / val_loss (rewritten atomically each epoch)
+  logs/             TensorBoard events (append-only)
+  model.keras       the final model, holding the best weights
+  saved_model/1/    the same model for TF Serving (see :mod:`tfp_nice.export`)
+  metrics.json      held-out NLL and bits/dim; its presence marks the run finished
+  samples.png       samples at temperatures 1.0 and 0.7
+
+Nothing is written before the configuration, the data and the model are checked. Every file
+but the TensorBoard logs is written under a temporary name and renamed into place, and a
+killed run resumes from its last checkpoint when the same command runs again (see the
+README's "What a run guarantees").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+
+import keras
+import tensorflow as tf
+
+from tfp_nice import data as data_lib
+from tfp_nice._internal import faults, files
+from tfp_nice.data.spec import Splits
+from tfp_nice.flow_model import FlowModel
+from tfp_nice.training import checkpoints, outputs
+from tfp_nice.training import run_dir as run_dir_lib
+from tfp_nice.training.build import build_model, load_run
+from tfp_nice.training.callbacks import (
+    BestWeights,
+    EpochCheckpoint,
+    Guard,
+    HistoryFile,
+    read_history,
+)
+from tfp_nice.training.config import TrainConfig, default_hparams
+from tfp_nice.training.run_dir import RunError, TrainingDiverged
+
+__all__ = ["train"]
+
+
+@dataclasses.dataclass
+class _Run:
+    """One training run: its configuration, directories, data and progress."""
+
+    cfg: TrainConfig
+    final_dir: str  # where the run lives when it is finished
+    work_dir: str  # where it trains (a staging directory when it replaces a run)
+    action: str  # new | resume | extend | overwrite
+    splits: Splits
+    hp: dict
+    say: Callable[[str], None]
+    warn: Callable[[str], None]
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.work_dir, "checkpoints")
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: int | str = "auto",
+    print_fn: Callable[[str], None] = print,
+    warn_fn: Callable[[str], None] | None = None,
+    serving_export: bool = True,
+    splits: Splits | None = None,
+) -> dict:
+    """Trains ``cfg`` into ``run_dir`` and returns the metrics written to ``metrics.json``.
+
+    Args:
+      cfg: the run configuration.
+      run_dir: the output directory. An unfinished run with the same config is resumed
+        from its last checkpoint; a finished run is refused unless ``resume`` (train
+        further, up to ``cfg.epochs``) or ``overwrite`` (train afresh; the old run is
+        replaced only once the new one finished).
+      resume: continue a finished run.
+      overwrite: replace a finished or unfinished run (never anything else).
+      verbose: Keras ``fit`` verbosity.
+      print_fn: where progress messages go.
+      warn_fn: where one-line warnings go (default: ``warnings.warn``).
+      serving_export: also write the TF Serving SavedModel ``saved_model/1/``.
+      splits: ``cfg.data`` already loaded (:func:`tfp_nice.data.load`), if it is.
+
+    Raises:
+      RunError: ``run_dir`` cannot be used as asked, or a file in it is unreadable.
+      TrainingDiverged: the loss became NaN or infinite; the run stays unfinished.
+      tfp_nice.data.DataError: the data cannot be loaded or is invalid.
+      ValueError: the data does not suit the model.
+      OSError: a file cannot be written (no space, no permission); nothing half-written stays.
+    """
+    warn = warn_fn or (lambda m: warnings.warn(m, stacklevel=3))
+    run = _prepare(cfg, os.path.abspath(run_dir), resume, overwrite, print_fn, warn, splits)
+    keras.utils.set_random_seed(cfg.seed)
+    strategy = tf.distribute.MirroredStrategy() if cfg.strategy == "mirrored" else (
+        tf.distribute.get_strategy())
+    with strategy.scope():
+        model = (load_run(run.final_dir)[0] if run.action == "extend"
+                 else build_model(cfg, run.splits.spec))  # checks the model before any write
+    with ExitStack() as stack:
+        _open_work_dir(run, stack)
+        with strategy.scope():
+            done, elapsed, state = _restore(run, model)
+        if not state:
+            state = _fit(run, model, done, elapsed, verbose)
+        metrics = _outputs(run, model, state, serving_export)
+    if run.work_dir != run.final_dir:
+        files.replace_directory(run.work_dir, run.final_dir)
+    return metrics
+
+
+def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits) -> _Run:
+    """Every check that needs no TensorFlow model: the directory, the data, the hparams."""
+    action = run_dir_lib.plan(run_dir, cfg, resume, overwrite)
+    if splits is None:
+        splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
+                               num_levels=cfg.num_levels)
+    hp = default_hparams(cfg, splits.spec)
+    work_dir = run_dir_lib.staging_path(run_dir) if action == "overwrite" else run_dir
+    return _Run(cfg, run_dir, work_dir, action, splits, hp, print_fn, warn)
+
+
+def _open_work_dir(run: _Run, stack: ExitStack) -> None:
+    """Creates and locks the working directory, writes ``run.json``, removes stale temps."""
+    if run.action == "overwrite":
+        stack.enter_context(run_dir_lib.lock(run.final_dir))
+        _reset_staging(run)
+    os.makedirs(run.work_dir, exist_ok=True)
+    stack.enter_context(run_dir_lib.lock(run.work_dir))
+    files.remove_stale_temps(run.work_dir, recursive=True)
+    if run.action in ("new", "overwrite", "extend") and not _resumable(run.work_dir, run.cfg):
+        run_dir_lib.write_run_json(run.work_dir, run.cfg, run.splits.spec, run.hp,
+                                   run.splits.num_classes)
+
+
+def _resumable(work_dir: str, cfg: TrainConfig) -> bool:
+    try:
+        meta = run_dir_lib.read_run_json(work_dir)
+    except RunError:
+        return False
+    return meta["config"] == cfg.to_dict() and not run_dir_lib.is_finished(work_dir)
+
+
+def _reset_staging(run: _Run) -> None:
+    """Keeps an unfinished staging run of the same configuration (a killed ``overwrite``);
+    removes any other leftover staging directory."""
+    if not os.path.lexists(run.work_dir) or _resumable(run.work_dir, run.cfg):
+        return
+    if os.path.isfile(os.path.join(run.work_dir, "run.json")):
+        run_dir_lib.check_replaceable(run.work_dir)
+    shutil.rmtree(run.work_dir)
+
+
+def _restore(run: _Run, model: FlowModel) -> tuple[int, float, dict]:
+    """Compiles ``model`` and restores its progress: ``(epochs done, training seconds so far,
+    state)``; a non-empty ``state`` means training is over and only the outputs remain."""
+    if not model.compiled:
+        model.compile(optimizer=keras.optimizers.Adam(run.hp["learning_rate"]),
+                      jit_compile=run.cfg.strategy == "none")
+    if run.action == "extend":
+        previous = run_dir_lib.read_metrics(run.final_dir)
+        if previous["epochs"] >= run.hp["epochs"]:
+            raise RunError("trained_out", run.final_dir, str(previous["epochs"]))
+        return previous["epochs"], float(previous["train_seconds"]), {}
+    state = checkpoints.read_state(run.checkpoints)
+    meta = checkpoints.restore(run.checkpoints, model, run.warn)
+    if meta is not None:
+        run.say(f"Resuming the unfinished run in {run.final_dir} after epoch {meta['epoch']}")
+        return meta["epoch"], float(meta.get("train_seconds", 0.0)), state
+    if hasattr(model, "initialize_scale"):
+        first = data_lib.as_dataset(run.splits.train[:1024], run.splits.spec, 1024,
+                                    training=False)
+        model.initialize_scale(next(iter(first)))
+    return 0, 0.0, {}  # a recorded end of training without a checkpoint: train again
+
+
+def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose) -> dict:
+    """Trains from epoch ``done``; returns the state that ends training (or raises)."""
+    cfg, spec = run.cfg, run.splits.spec
+    guard = Guard(elapsed, None if cfg.time_limit is None else 60.0 * cfg.time_limit)
+    best = BestWeights(run.work_dir, run.hp["patience"], guard)
+    history = HistoryFile(os.path.join(run.work_dir, "history.csv"),
+                          read_history(os.path.join(run.work_dir, "history.csv"), done))
+    callbacks = [guard, history, best, EpochCheckpoint(run.checkpoints, guard, best),
+                 keras.callbacks.TensorBoard(os.path.join(run.work_dir, "logs"))]
+    run.say(f"Training {cfg.model} ({model.count_params():,} parameters) on {spec.name} "
+            f"{list(spec.event_shape)}: {len(run.splits.train)} train / "
+            f"{len(run.splits.validation)} validation / {len(run.splits.test)} test examples, "
+            f"up to {run.hp['epochs']} epochs")
+    train_ds = data_lib.as_dataset(run.splits.train, spec, cfg.batch_size, training=True,
+                                   seed=cfg.seed)
+    val_ds = data_lib.as_dataset(run.splits.validation, spec, 256, training=False, seed=cfg.seed)
+    model.fit(train_ds, validation_data=val_ds, epochs=run.hp["epochs"], initial_epoch=done,
+              callbacks=callbacks, verbose=verbose, shuffle=False)
+    if guard.diverged:
+        epoch, metric, value = guard.diverged
+        kept = best.weights_path if best.best_epoch is not None else None
+        raise TrainingDiverged(epoch, metric, value, best.best_epoch, kept)
+    state = {"epochs": max((int(r["epoch"]) for r in history.rows), default=done - 1) + 1,
+             "train_seconds": guard.elapsed, "time_limit_reached": guard.time_limit_reached,
+             "best_epoch": best.best_epoch}
+    checkpoints.write_state(run.checkpoints, **state)
+    faults.point("fit_done")
+    return state
+
+
+def _outputs(run: _Run, model: FlowModel, state: dict, serving_export: bool) -> dict:
+    """Evaluates the best weights and writes the run's outputs; ``metrics.json`` last."""
+    best = os.path.join(run.work_dir, "best.weights.npz")
+    if os.path.exists(best):
+        checkpoints.load_weights(best, model)
+    spec, splits = run.splits.spec, run.splits
+    test_nll, test_bpd = outputs.evaluate_nll(model, splits.test, spec)
+    val_nll, val_bpd = outputs.evaluate_nll(model, splits.validation, spec)
+    metrics = {
+        "test_nll_nats": test_nll, "test_bits_per_dim": test_bpd,
+        "validation_nll_nats": val_nll, "validation_bits_per_dim": val_bpd,
+        "epochs": int(state["epochs"]), "best_epoch": state.get("best_epoch"),
+        "train_seconds": float(state["train_seconds"]),
+        "time_limit_reached": bool(state.get("time_limit_reached")),
+        "num_params": int(model.count_params()), "data": spec.to_config(),
+        "model": model.get_config(), "config": run.cfg.to_dict(),
+        "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in run.hp.items()},
+        "bits_per_dim_formula": "NLL / (D ln 2) in the dequantized data space (see README)",
+    }
+    outputs.save_model(model, os.path.join(run.work_dir, "model.keras"))
+    outputs.write_samples_png(model, spec, os.path.join(run.work_dir, "samples.png"),
+                              run.cfg.seed, data=splits.train if not spec.is_image else None)
+    if hasattr(model, "latent_scales") and hasattr(model, "resample_scale"):
+        outputs.write_scale_samples_png(
+            model, spec, os.path.join(run.work_dir, "samples_per_scale.png"), run.cfg.seed)
+    if serving_export:
+        path = outputs.export_for_serving(model, run.work_dir, spec, metrics)
+        metrics["saved_model"] = os.path.relpath(path, run.work_dir)
+    faults.point("before_metrics")
+    files.atomic_write_json(os.path.join(run.work_dir, "metrics.json"), metrics)
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
+    return metrics

@@ -348,6 +348,17 @@ def test_fit_takes_a_dataset_of_global_batches_with_initial_epoch():
     np.testing.assert_allclose(h.history["val_loss"][-1], nll, rtol=1e-5)
 
 
+def test_fit_xla_compiles_the_step_of_a_model_compiled_with_jit():
+    histories = []
+    for jit in (False, True):
+        model = _model()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit)
+        histories.append(distributed.fit(model, X, batch_size=64, epochs=2,
+                                         validation_data=X[:100], verbose=0).history)
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5)
+
+
 def test_fit_refuses_an_uncompiled_model_and_one_built_outside_the_strategy():
     with pytest.raises(ValueError, match=r"`model` must be compiled.*Received: "
                                          r"model.optimizer=None"):

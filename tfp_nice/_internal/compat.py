@@ -15,6 +15,8 @@ place, and not silently elsewhere.
 * **Keras 2 detection**: tf_keras layers, TF1 templates (:func:`is_tf_keras_layer`,
   :func:`is_template`).
 * **Variable handles**: the ``tf.Variable`` behind a Keras 3 variable (:func:`tf_variable`).
+* **Keras' resume epoch**: ``BackupAndRestore`` tells ``fit`` where to start through the
+  model's private ``_initial_epoch`` (:func:`keras_initial_epoch`).
 * **Untracked holders**: Keras and ``tf.Module`` auto-track attributes; :class:`Untracked`
   hides TFP objects whose layers a model already owns.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "is_chain",
     "is_invert",
     "is_template",
+    "keras_initial_epoch",
     "is_tf_keras_layer",
     "public_tfp_name",
     "store_forward_log_det",
@@ -132,6 +135,16 @@ def tf_variable(v: Any) -> tf.Variable:
     if not isinstance(v, tf.Variable):
         raise TypeError(f"Not a tf.Variable or a Keras variable: {v!r}")
     return v
+
+
+def keras_initial_epoch(model) -> int | None:
+    """The epoch a callback asked ``fit`` to start from (Keras' private ``_initial_epoch``).
+
+    ``keras.callbacks.BackupAndRestore.on_train_begin`` sets it after restoring a backup;
+    Keras' own ``fit`` reads it right after ``on_train_begin``.
+    """
+    epoch = getattr(model, "_initial_epoch", None)
+    return int(epoch) if epoch is not None else None
 
 
 class Untracked:

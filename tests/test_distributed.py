@@ -217,7 +217,7 @@ def test_npz_checkpoint_keeps_the_newest_two_and_restores_the_newest(tmp_path):
     assert ckpt.restore() is None
     for epoch in (1, 2, 3):
         ckpt.save(epoch, [np.full([2], epoch, "float32"), np.int64(10 * epoch)])
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["ckpt-2.npz", "ckpt-3.npz"]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["epoch-000002.npz", "epoch-000003.npz"]
     epoch, values = ckpt.restore()
     assert epoch == 3 and values[0].tolist() == [3.0, 3.0] and int(values[1]) == 30
     with pytest.raises(ValueError, match=r"`keep` must be a positive int. Received: keep=0"):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import tfp_nice  # noqa: F401 - registers the classes model.keras holds
+from tfp_nice.checkpoints import read_arrays
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = os.path.join(HERE, "multiworker_job.py")
@@ -121,7 +122,8 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(uninte
     assert str(chief["run_dir"]) == out and str(worker["run_dir"]) != out
     assert not os.path.exists(str(worker["run_dir"])) and not os.listdir(root / "tmp1")
     assert sorted(os.listdir(out)) == ["checkpoints", "history.csv", "logs", "model.keras"]
-    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["ckpt-2.npz", "ckpt-3.npz"]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
+        "epoch-000002.npz", "epoch-000003.npz"]
     for split in ("train", "validation"):
         assert any(n.startswith("events.") for n in os.listdir(os.path.join(out, "logs", split)))
     rows = open(os.path.join(out, "history.csv")).read().split()
@@ -130,15 +132,15 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(uninte
     model = keras.models.load_model(os.path.join(out, "model.keras"))
     for a, b in zip(model.get_weights(), _weights(chief)):
         np.testing.assert_array_equal(a, b)
-    with np.load(os.path.join(out, "checkpoints", "ckpt-3.npz")) as z:
-        assert int(z["epoch"]) == EPOCHS
-        np.testing.assert_array_equal(z["v0"], model.variables[0].numpy())
+    values, meta = read_arrays(os.path.join(out, "checkpoints", "epoch-000003.npz"))
+    assert meta["epoch"] == EPOCHS
+    np.testing.assert_array_equal(values[0], model.variables[0].numpy())
 
 
 def test_a_killed_worker_and_a_restart_of_both_resume_from_the_chiefs_checkpoint(
         uninterrupted, tmp_path):
     out = str(tmp_path / "run")
-    ckpt = os.path.join(out, "checkpoints", "ckpt-1.npz")
+    ckpt = os.path.join(out, "checkpoints", "epoch-000001.npz")
     with _cluster(tmp_path, out, EPOCHS, kill_after=1) as c:
         deadline = time.monotonic() + TIMEOUT
         assert c.wait(c.procs[1], deadline) == -signal.SIGKILL, c.tail()
@@ -161,3 +163,32 @@ def test_a_killed_worker_and_a_restart_of_both_resume_from_the_chiefs_checkpoint
     rows = open(os.path.join(out, "history.csv")).read().split()
     assert [r.split(",")[0] for r in rows if r[0].isdigit()] == ["0", "1", "2"]
     assert keras.models.load_model(os.path.join(out, "model.keras")).count_params() > 0
+
+
+def test_the_cli_trains_on_two_loopback_workers_and_the_chief_writes_the_run(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    out = tmp_path / "run"
+    procs = []
+    for i in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                      "index": i}}),
+                   TF_CPP_MIN_LOG_LEVEL="3",
+                   PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tfp_nice.cli", "train", "--strategy", "multiworker",
+             "--model", "realnvp", "--data", "moons", "--epochs", "2", "--hidden-units", "8",
+             "--num-couplings", "2", "--batch-size", "512", "--out", str(out), "--no-export"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True))
+    try:
+        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    assert "held-out NLL" in logs[0] and "worker done after 2 epochs" in logs[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["config"]["strategy"] == "multiworker"
+    assert isinstance(keras.models.load_model(out / "model.keras"), tfp_nice.FlowModel)

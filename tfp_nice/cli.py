@@ -127,7 +127,10 @@ def _train_parser(sub) -> None:
                    help="number of integer levels of your data (default: 256 for uint8)")
     t.add_argument("--seed", type=_int_in(0, _MAX_SEED), default=0)
     t.add_argument("--strategy", default="none", choices=list(STRATEGIES),
-                   help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or logical CPUs)")
+                   help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or logical "
+                        "CPUs); multiworker: MultiWorkerMirroredStrategy over the machines of "
+                        "TF_CONFIG or a Slurm allocation (run the same command on each; the "
+                        "chief writes --out)")
     t.add_argument("--logical-cpus", type=_int_in(1, 64), default=None,
                    help="split the CPU into N logical devices (to run --strategy mirrored "
                         "without GPUs)")
@@ -208,7 +211,8 @@ def _train(args) -> int:
         prefix = f"{args.model}-{_slug(args.data)}-"
         out = find_unfinished_run("runs", prefix, cfg) or os.path.join(
             "runs", prefix + time.strftime("%Y%m%d-%H%M%S"))
-    plan(os.path.abspath(out), cfg, args.resume, args.overwrite)  # refuse before any work
+    if cfg.strategy != "multiworker":  # (a worker of a cluster leaves --out to its chief)
+        plan(os.path.abspath(out), cfg, args.resume, args.overwrite)  # refuse before any work
     splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
                            num_levels=cfg.num_levels)  # refused before TensorFlow starts
     tf = _import_tensorflow()
@@ -223,6 +227,9 @@ def _train(args) -> int:
                              # a progress bar on a terminal, one line per epoch in a log file
                              verbose=1 if sys.stdout.isatty() else 2)
     out = os.path.abspath(out)
+    if metrics.get("chief") is False:
+        print(f"worker done after {metrics['epochs']} epochs; the chief writes {out}")
+        return 0
     print(f"held-out NLL: {metrics['test_nll_nats']:.3f} nats, "
           f"{metrics['test_bits_per_dim']:.4f} bits/dim "
           f"({metrics['epochs']} epochs, best epoch {metrics['best_epoch']}, "

@@ -7,8 +7,8 @@ slots, its iteration counter and learning rate) plus the number of finished epoc
 which only the chief's replica 0 contributes (``sum = chief's values``), so workers need no
 shared file system and all continue from the same state.
 
-:class:`NpzCheckpoint` is the default store: ``ckpt-EPOCH.npz`` files written atomically
-(:mod:`tfp_nice._internal.files`), the newest ``keep`` kept. Any object with the same
+The default store is :class:`tfp_nice.checkpoints.NpzCheckpoint` (``epoch-NNNNNN.npz`` files
+written atomically, checked on read, the newest ``keep`` kept). Any object with the same
 ``save(epoch, values)`` / ``restore() -> (epoch, values) | None`` methods can replace it.
 
 Example:
@@ -23,16 +23,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from tfp_nice._internal import files
-from tfp_nice._internal.checks import check_int
+from tfp_nice.checkpoints import NpzCheckpoint
 from tfp_nice.distributed.cluster import is_chief
 
 __all__ = [
@@ -43,9 +40,6 @@ __all__ = [
     "training_variables",
     "write_state",
 ]
-
-_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
-
 
 class Checkpointer(Protocol):
     """Where :func:`tfp_nice.distributed.fit` keeps the training state (chief only)."""
@@ -153,49 +147,3 @@ def _check_values(variables: list, values: Sequence[Any]) -> None:
                 f"`values[{i}]` must have the shape of {v.path} {tuple(v.shape)}. "
                 f"Received: values[{i}].shape={tuple(np.shape(x))}"
             )
-
-
-class NpzCheckpoint:
-    """Training state as ``directory/ckpt-EPOCH.npz`` (atomic writes, the newest ``keep`` kept).
-
-    Each file holds ``epoch`` and the arrays ``v0, v1, ...`` in :func:`training_variables`
-    order. Write it only on the chief (:func:`tfp_nice.distributed.fit` does).
-
-    Args:
-      directory: where the files go (created on the first save).
-      keep: how many of the newest checkpoints to keep (>= 1).
-    """
-
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        self.directory = os.fspath(directory)
-        self.keep = check_int(keep, "keep")
-
-    def epochs(self) -> list[int]:
-        """The epochs of the checkpoints present, oldest first."""
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return []
-        return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
-
-    def path(self, epoch: int) -> str:
-        return os.path.join(self.directory, f"ckpt-{int(epoch)}.npz")
-
-    def save(self, epoch: int, values: Sequence[np.ndarray]) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        arrays = {f"v{i}": np.asarray(x) for i, x in enumerate(values)}
-        with files.atomic_path(self.path(epoch), suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, epoch=np.int64(epoch), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-        for old in self.epochs()[: -self.keep]:
-            os.remove(self.path(old))
-
-    def restore(self) -> tuple[int, list[np.ndarray]] | None:
-        epochs = self.epochs()
-        if not epochs:
-            return None
-        with np.load(self.path(epochs[-1])) as z:
-            n = len([k for k in z.files if k.startswith("v")])
-            return int(z["epoch"]), [z[f"v{i}"] for i in range(n)]

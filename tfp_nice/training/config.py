@@ -29,8 +29,8 @@ __all__ = [
 MODEL_NAMES = ("nice", "realnvp", "realnvp-image")
 #: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
 IMAGE_MODELS = ("realnvp-image",)
-#: Distribution strategies.
-STRATEGIES = ("none", "mirrored")
+#: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
+STRATEGIES = ("none", "mirrored", "multiworker")
 #: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
 MAX_SEED = 2**32 - 1
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")

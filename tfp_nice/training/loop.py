@@ -22,6 +22,7 @@ README's "What a run guarantees").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import warnings
@@ -32,6 +33,7 @@ import keras
 import tensorflow as tf
 
 from tfp_nice import data as data_lib
+from tfp_nice import distributed
 from tfp_nice._internal import faults, files
 from tfp_nice.data.spec import Splits
 from tfp_nice.flow_model import FlowModel
@@ -105,28 +107,33 @@ def train(
       OSError: a file cannot be written (no space, no permission); nothing half-written stays.
     """
     warn = warn_fn or (lambda m: warnings.warn(m, stacklevel=3))
-    run = _prepare(cfg, os.path.abspath(run_dir), resume, overwrite, print_fn, warn, splits)
+    strategy = distributed.make_strategy(cfg.strategy)  # before any TensorFlow op
+    chief = distributed.is_chief(strategy)
+    run = _prepare(cfg, os.path.abspath(run_dir), resume, overwrite, print_fn, warn, splits,
+                   chief)
     keras.utils.set_random_seed(cfg.seed)
-    strategy = tf.distribute.MirroredStrategy() if cfg.strategy == "mirrored" else (
-        tf.distribute.get_strategy())
     with strategy.scope():
         model = (load_run(run.final_dir)[0] if run.action == "extend"
                  else build_model(cfg, run.splits.spec))  # checks the model before any write
     with ExitStack() as stack:
-        _open_work_dir(run, stack)
+        _open_work_dir(run, stack, strategy)
         with strategy.scope():
-            done, elapsed, state = _restore(run, model)
+            done, elapsed, state = _restore(run, model, strategy)
         if not state:
-            state = _fit(run, model, done, elapsed, verbose)
+            state = _fit(run, model, done, elapsed, verbose, strategy)
+        if not chief:  # the chief alone writes the run's outputs
+            return {"chief": False, **state}
         metrics = _outputs(run, model, state, serving_export)
     if run.work_dir != run.final_dir:
         files.replace_directory(run.work_dir, run.final_dir)
     return metrics
 
 
-def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits) -> _Run:
-    """Every check that needs no TensorFlow model: the directory, the data, the hparams."""
-    action = run_dir_lib.plan(run_dir, cfg, resume, overwrite)
+def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits, chief=True) -> _Run:
+    """Every check that needs no TensorFlow model: the directory, the data, the hparams.
+
+    A worker of a multi-worker run (not the chief) leaves ``run_dir`` to the chief."""
+    action = run_dir_lib.plan(run_dir, cfg, resume, overwrite) if chief else "worker"
     if splits is None:
         splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
                                num_levels=cfg.num_levels)
@@ -135,8 +142,13 @@ def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits) -> _Run:
     return _Run(cfg, run_dir, work_dir, action, splits, hp, print_fn, warn)
 
 
-def _open_work_dir(run: _Run, stack: ExitStack) -> None:
-    """Creates and locks the working directory, writes ``run.json``, removes stale temps."""
+def _open_work_dir(run: _Run, stack: ExitStack, strategy) -> None:
+    """Creates and locks the working directory, writes ``run.json``, removes stale temps.
+
+    A multi-worker worker works in a temporary directory instead (removed at the end)."""
+    if run.action == "worker":
+        run.work_dir = stack.enter_context(distributed.output_dir(run.final_dir, strategy))
+        return
     if run.action == "overwrite":
         stack.enter_context(run_dir_lib.lock(run.final_dir))
         _reset_staging(run)
@@ -166,18 +178,26 @@ def _reset_staging(run: _Run) -> None:
     shutil.rmtree(run.work_dir)
 
 
-def _restore(run: _Run, model: FlowModel) -> tuple[int, float, dict]:
+def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
     """Compiles ``model`` and restores its progress: ``(epochs done, training seconds so far,
-    state)``; a non-empty ``state`` means training is over and only the outputs remain."""
+    state)``; a non-empty ``state`` means training is over and only the outputs remain.
+
+    Multi-worker runs restore the chief's newest checkpoint on every worker (a collective)."""
     if not model.compiled:
         model.compile(optimizer=keras.optimizers.Adam(run.hp["learning_rate"]),
                       jit_compile=run.cfg.strategy == "none")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        store = checkpoints.run_checkpoint(run.checkpoints, model, run.warn)
+        epoch = distributed.restore_from_chief(model, store, strategy)
+        if epoch:
+            run.say(f"Resuming the unfinished run in {run.final_dir} after epoch {epoch}")
+        return epoch or 0, float(store.last_meta.get("train_seconds", 0.0)), {}
     if run.action == "extend":
         previous = run_dir_lib.read_metrics(run.final_dir)
         if previous["epochs"] >= run.hp["epochs"]:
             raise RunError("trained_out", run.final_dir, str(previous["epochs"]))
         return previous["epochs"], float(previous["train_seconds"]), {}
-    state = checkpoints.read_state(run.checkpoints)
+    state = checkpoints.read_state_file(run.checkpoints)
     meta = checkpoints.restore(run.checkpoints, model, run.warn)
     if meta is not None:
         run.say(f"Resuming the unfinished run in {run.final_dir} after epoch {meta['epoch']}")
@@ -189,7 +209,7 @@ def _restore(run: _Run, model: FlowModel) -> tuple[int, float, dict]:
     return 0, 0.0, {}  # a recorded end of training without a checkpoint: train again
 
 
-def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose) -> dict:
+def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose, strategy) -> dict:
     """Trains from epoch ``done``; returns the state that ends training (or raises)."""
     cfg, spec = run.cfg, run.splits.spec
     guard = Guard(elapsed, None if cfg.time_limit is None else 60.0 * cfg.time_limit)
@@ -205,8 +225,11 @@ def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose) -> dic
     train_ds = data_lib.as_dataset(run.splits.train, spec, cfg.batch_size, training=True,
                                    seed=cfg.seed)
     val_ds = data_lib.as_dataset(run.splits.validation, spec, 256, training=False, seed=cfg.seed)
-    model.fit(train_ds, validation_data=val_ds, epochs=run.hp["epochs"], initial_epoch=done,
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+    fit = model.fit
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # Keras fit cannot
+        fit = functools.partial(distributed.fit, model, strategy=strategy)
+    fit(train_ds, validation_data=val_ds, epochs=run.hp["epochs"], initial_epoch=done,
+        callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.diverged:
         epoch, metric, value = guard.diverged
         kept = best.weights_path if best.best_epoch is not None else None
@@ -214,7 +237,7 @@ def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose) -> dic
     state = {"epochs": max((int(r["epoch"]) for r in history.rows), default=done - 1) + 1,
              "train_seconds": guard.elapsed, "time_limit_reached": guard.time_limit_reached,
              "best_epoch": best.best_epoch}
-    checkpoints.write_state(run.checkpoints, **state)
+    checkpoints.write_state_file(run.checkpoints, **state)
     faults.point("fit_done")
     return state
 

@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="version number (default: one more than the largest present, or 1); "
                         "an existing version is never overwritten")
     x.add_argument("--max-samples", type=_positive_int, default=100_000,
-                   help="largest n the sample signature accepts (default: 100000)")
+                   help="most rows (samples) a sample request may have (default: 100000)")
     return p
 
 
@@ -276,8 +276,7 @@ def _export(args) -> int:
     path = export.save_for_serving(model, out, version=args.version, data=meta.get("data"),
                                    max_samples=args.max_samples, extra_metadata=extra)
     print(f"SavedModel written to {path}")
-    print("  signatures: serving_default = log_prob(x), sample(n, seed, temperature), "
-          "encode(x), decode(z)")
+    print(f"  signatures: {export.signatures.summary()} (every input batched: [rows, ...])")
     print(f"  serve it:   --model_base_path={os.path.dirname(path)}")
     return 0
 

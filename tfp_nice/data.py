@@ -59,6 +59,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfp_nice import preprocessing
+
 __all__ = ["DataError", "DataSpec", "Splits", "DENSITIES", "load", "as_dataset"]
 
 DENSITIES = ("moons", "rings", "checkerboard", "8gaussians")
@@ -596,8 +598,10 @@ def as_dataset(
     batch may be smaller) and prefetch. If ``spec.num_levels`` is not None each value becomes
     ``x + u`` with ``u ~ U[0, 1)`` (uniform dequantization), so batches lie in
     ``[0, num_levels)``: with ``training=True`` the noise is fresh every epoch; with
-    ``training=False`` it is one fixed draw per example from ``seed`` (the same on every
-    iteration and for any ``batch_size``), so evaluation is deterministic. In this space
+    ``training=False`` it is one fixed draw per example, a function of the example's values and
+    ``seed`` (:func:`tfp_nice.preprocessing.dequantize`, the estimator the serving export uses;
+    the same on every iteration, for any ``batch_size`` and order), so evaluation is
+    deterministic. In this space
     bits/dim = ``NLL / (spec.num_dims * ln 2)``. Continuous data passes unchanged.
 
     Args:
@@ -637,12 +641,11 @@ def as_dataset(
             ds = tf.data.Dataset.zip((ds, seeds.batch(2)))
             ds = ds.map(_add_uniform_noise, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        if dequantize:
-            ds = ds.enumerate().map(
-                lambda i, xi: _add_uniform_noise(xi, tf.stack([tf.constant(seed, tf.int64), i])),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
         ds = ds.batch(batch_size, drop_remainder=False)
+        if dequantize:  # the estimator the serving export uses too (one place)
+            event_ndims = len(spec.event_shape)
+            ds = ds.map(lambda b: preprocessing.dequantize(b, seed, event_ndims),
+                        num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

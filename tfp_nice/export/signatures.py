@@ -21,7 +21,7 @@ the table changes.
 
 Example:
   >>> print(markdown_table().splitlines()[0])
-  | signature | inputs | outputs |
+  | signature | inputs | outputs | what |
 """
 
 from __future__ import annotations
@@ -125,11 +125,13 @@ Z_OUT = Port("z", "float32", ("batch", "latent"), "latent rows")
 #: The signatures, in the order the docs list them.
 TABLE: tuple[Signature, ...] = (
     Signature("log_prob", (X_IN,), (LOG_PROB, BITS_PER_DIM),
-              "density of each row", aliases=("serving_default",)),
+              "density of each row (integer data: the held-out estimator of metrics.json)",
+              aliases=("serving_default",)),
     Signature("sample", (SEED, TEMPERATURE), (X_OUT, X_CONTINUOUS),
-              "row i = model.sample(1, seed=seed[i], temperature=temperature[i])"),
-    Signature("encode", (X_IN,), (Z_OUT,), "data -> latent (integer data: bin centres)"),
-    Signature("decode", (Z_IN,), (X_OUT, X_CONTINUOUS), "latent -> data"),
+              "row i = `model.sample(1, seed=seed[i], temperature=temperature[i])`"),
+    Signature("encode", (X_IN,), (Z_OUT,), "data -> latent (integer data: at bin centres)"),
+    Signature("decode", (Z_IN,), (X_OUT, X_CONTINUOUS),
+              "latent -> data; `decode(encode(x)).x == x`"),
 )
 
 #: The extra input of a conditional model, added to every signature.
@@ -195,11 +197,11 @@ def _symbolic(port: Port) -> str:
 
 
 def markdown_table(signatures: Sequence[Signature] = TABLE) -> str:
-    """The signatures as a Markdown table (the README's), symbolic shapes."""
-    lines = ["| signature | inputs | outputs |", "|---|---|---|"]
+    """The signatures as a Markdown table (the README's), with symbolic shapes."""
+    lines = ["| signature | inputs | outputs | what |", "|---|---|---|---|"]
     for sig in signatures:
         name = " = ".join(f"`{n}`" for n in (*sig.aliases, sig.name))
         inputs = "; ".join(_symbolic(p) for p in sig.inputs)
         outputs = "; ".join(_symbolic(p) for p in sig.outputs)
-        lines.append(f"| {name} | {inputs} | {outputs} — {sig.doc} |")
+        lines.append(f"| {name} | {inputs} | {outputs} | {sig.doc} |")
     return "\n".join(lines)

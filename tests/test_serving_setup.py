@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -159,3 +162,18 @@ def test_serving_client_runs_rest_and_grpc_against_the_shipped_export(client, ca
     np.testing.assert_allclose(result["scores"]["log_prob"], lp, rtol=1e-6)
     out = capsys.readouterr().out
     assert "POST :predict" in out and "gRPC Predict log_prob" in out
+
+
+def test_serving_bench_merges_requests_and_reports_the_ratio(tmp_path):
+    """``bench/serving.py --quick`` on the shipped example: merged rows equal separate ones
+    (the script checks), a ratio per signature, no files written."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "serving.py"), "--quick",
+                           "--models", "example", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| example | `")]
+    assert [r.split("|")[2].strip() for r in rows] == ["`log_prob`", "`sample`", "`encode`",
+                                                       "`decode`"]
+    assert all(float(r.split("**")[1].rstrip("×")) > 1 for r in rows)
+    assert list(tmp_path.iterdir()) == []

@@ -172,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"version number in [1, {_MAX_VERSION}] (default: one more than the "
                         "largest present, or 1); an existing version is never overwritten")
     x.add_argument("--max-samples", type=_int_in(1, _MAX_VERSION), default=None,
-                   help="the most samples one request may ask for (default: 100000)")
+                   help="most rows (samples) a sample request may have (default: 100000)")
     return p
 
 
@@ -274,9 +274,10 @@ def _export(args) -> int:
     from tfp_nice.training import tools
 
     path = tools.export_run(args.run, out, args.version, args.max_samples)
+    from tfp_nice import export
+
     print(f"SavedModel written to {path}")
-    print("  signatures: serving_default = log_prob(x), sample(n, seed, temperature), "
-          "encode(x), decode(z)")
+    print(f"  signatures: {export.signatures.summary()} (every input batched: [rows, ...])")
     print(f"  serve it:   --model_base_path={os.path.dirname(path)}")
     return 0
 

@@ -17,6 +17,13 @@ maps towards the data, so ``log_prob`` applies their inverses:
   log-det ``-D ln L`` on the way in;
 * :func:`logit` — RealNVP's ``x -> logit(α + (1 - 2α) x)`` with its log-det.
 
+Held-out numbers use a *deterministic* dequantization (:func:`dequantize`): the noise of a
+row is a fixed function of the row's values and a seed, so the same image always gets the
+same ``u``, whichever batch or process scores it. ``training.evaluate_nll`` (through
+``data.as_dataset(training=False)``) and the served ``log_prob`` of :mod:`tfp_nice.export`
+both call it with :data:`DEQUANTIZATION_SEED`, so the served bits/dim of a test split equals
+``metrics.json``'s ``test_bits_per_dim``.
+
 Example:
   >>> import tensorflow_probability as tfp
   >>> chain = tfp.bijectors.Chain(rescale(17.0) + logit(0.05))
@@ -34,7 +41,11 @@ import tensorflow_probability as tfp
 
 tfb = tfp.bijectors
 
-__all__ = ["rescale", "logit", "bits_per_dim"]
+__all__ = ["DEQUANTIZATION_SEED", "bits_per_dim", "dequantization_noise", "dequantize", "logit",
+           "rescale"]
+
+#: The seed of the held-out estimator (``data.as_dataset``'s default seed).
+DEQUANTIZATION_SEED = 0
 
 
 def rescale(scale: float, low: float = 0.0, dtype=np.float32) -> list:
@@ -65,3 +76,64 @@ def bits_per_dim(nll_nats, num_dims: int):
     if isinstance(nll_nats, (tf.Tensor, tf.Variable)):
         return nll_nats / (num_dims * math.log(2.0))
     return np.asarray(nll_nats, dtype=np.float64) / (num_dims * math.log(2.0))
+
+
+# --- the deterministic dequantization estimator ------------------------------------------------
+_MASK = 0xFFFFFFFF  # values are kept in [0, 2**32) inside int64, so no product overflows
+_MIX = 0x45D9F3B  # the multiplier of a 32-bit integer hash with full avalanche
+_GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: spreads consecutive integers
+
+
+def _mix32(h: tf.Tensor) -> tf.Tensor:
+    """A 32-bit integer hash of ``h`` (int64 in ``[0, 2**32)``): xor-shift, multiply, twice."""
+    bw = tf.bitwise
+    for _ in range(2):
+        h = bw.bitwise_and(bw.bitwise_xor(h, bw.right_shift(h, 16)) * _MIX, _MASK)
+    return bw.bitwise_xor(h, bw.right_shift(h, 16))
+
+
+def dequantization_noise(x, seed: int = DEQUANTIZATION_SEED, event_ndims: int = 1) -> tf.Tensor:
+    """Noise ``u`` in ``[0, 1)`` with the shape of ``x``, a fixed function of each row and ``seed``.
+
+    A *row* is one example: the last ``event_ndims`` axes of ``x``, whose values are integer
+    levels. With ``k_j`` the row's values and ``j`` the flat position::
+
+      p_j = h(j · φ)                       (φ = 2^32 / golden ratio, h a 32-bit integer hash)
+      r   = h(h(Σ_j h(k_j xor p_j)) xor h(seed))           (the row's key)
+      u_j = (h(h(r xor p_j)) >> 8) / 2^24                  (24 random bits: exact in float32)
+
+    All arithmetic is int64 kept below ``2^32``, so the noise is the same on every platform
+    and TensorFlow version; it depends on nothing but the row and the seed (not on the batch,
+    the row's index, or the other rows).
+    """
+    x = tf.convert_to_tensor(x)
+    shape = tf.shape(x)
+    dims = tf.reduce_prod(shape[tf.size(shape) - event_ndims :])
+    rows = tf.bitwise.bitwise_and(tf.cast(tf.reshape(x, [-1, dims]), tf.int64), _MASK)
+    pos = _mix32(tf.bitwise.bitwise_and(tf.range(tf.cast(dims, tf.int64)) * _GOLDEN, _MASK))
+    row_sum = tf.reduce_sum(_mix32(tf.bitwise.bitwise_xor(rows, pos)), axis=-1)
+    seed_key = _mix32(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), _MASK))
+    key = _mix32(tf.bitwise.bitwise_xor(_mix32(tf.bitwise.bitwise_and(row_sum, _MASK)), seed_key))
+    bits = _mix32(_mix32(tf.bitwise.bitwise_xor(key[:, None], pos[None, :])))
+    u = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / 2**24)
+    return tf.cast(tf.reshape(u, shape), x.dtype)
+
+
+def dequantize(x, seed: int = DEQUANTIZATION_SEED, event_ndims: int = 1) -> tf.Tensor:
+    """``x + u`` with ``u = dequantization_noise(x, seed, event_ndims)``, kept below ``x + 1``.
+
+    The held-out estimator of ``-log2 P(k)`` (module docstring): ``NLL(k + u(k)) / (D ln 2)``
+    is one fixed draw of the uniform-dequantization bound per example, the same in
+    evaluation and in the serving export.
+
+    Example:
+      >>> y = dequantize([[0.0, 3.0], [0.0, 3.0]], event_ndims=1).numpy()
+      >>> bool((y[0] == y[1]).all() and (y >= [0, 3]).all() and (y < [1, 4]).all())
+      True
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        x = tf.cast(x, tf.float32)
+    y = x + dequantization_noise(x, seed, event_ndims)
+    # Rounding can turn x + u into x + 1 for u close to 1: clamp to the float below.
+    return tf.minimum(y, tf.math.nextafter(x + 1.0, x))

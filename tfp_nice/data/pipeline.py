@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfp_nice import preprocessing
 from tfp_nice._internal.checks import check_int
 from tfp_nice.data.spec import DataError, DataSpec
 
@@ -26,8 +27,10 @@ def as_dataset(
     batch may be smaller) and prefetch. If ``spec.num_levels`` is not None each value becomes
     ``x + u`` with ``u ~ U[0, 1)`` (uniform dequantization), so batches lie in
     ``[0, num_levels)``: with ``training=True`` the noise is fresh every epoch; with
-    ``training=False`` it is one fixed draw per example from ``seed`` (the same on every
-    iteration and for any ``batch_size``), so evaluation is deterministic. In this space
+    ``training=False`` it is one fixed draw per example, a function of the example's values and
+    ``seed`` (:func:`tfp_nice.preprocessing.dequantize`, the estimator the serving export uses;
+    the same on every iteration, for any ``batch_size`` and order), so evaluation is
+    deterministic. In this space
     bits/dim = ``NLL / (spec.num_dims * ln 2)``. Continuous data passes unchanged.
 
     Args:
@@ -70,12 +73,11 @@ def as_dataset(
                 lambda b, s: _on_x(b, lambda xb: noise(xb, s)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        if noise:
-            base = tf.constant(seed, tf.int64)
-            ds = ds.enumerate().map(
-                lambda i, e: _on_x(e, lambda xi: noise(xi, tf.stack([base, i]))),
-                num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=False)
+        if noise:  # the estimator the serving export uses too (one place)
+            event_ndims = len(spec.event_shape)
+            ds = ds.map(lambda b: _on_x(b, lambda xb: preprocessing.dequantize(
+                xb, seed, event_ndims)), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -4,38 +4,24 @@ C++ loader that TF Serving links (``tensorflow::LoadSavedModel``), built where g
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _cli import ENV, console_script, digest  # noqa: F401 - re-exported for the tests
 
 import tfp_nice as tn
 from tfp_nice import export, preprocessing
 
 tfb = tfp.bijectors
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DIGITS = {"name": "digits", "event_shape": [8, 8, 1], "num_levels": 17, "low": 0.0,
           "high": 16.0}
 SIGNATURE_NAMES = {"serving_default", "log_prob", "sample", "encode", "decode"}
-
-
-def console_script(name: str) -> str:
-    """``name`` next to the running interpreter first (a virtual environment that is not
-    activated), then on ``PATH``."""
-    here = pathlib.Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} is neither next to {sys.executable} nor on PATH")
-    return found
 
 
 # --- tiny models with random (non-identity) weights -------------------------------------------
@@ -140,16 +126,6 @@ def compare(got: dict, want: dict, signature: str, exact=False):
         else:
             np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-4,
                                        err_msg=f"{signature}/{key}")
-
-
-def digest(directory):
-    out = {}
-    for root, _, files in os.walk(directory):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, directory)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 # --- the C++ loader TF Serving links ----------------------------------------------------------

@@ -138,6 +138,10 @@ def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits, chief=True
         splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
                                num_levels=cfg.num_levels)
     hp = default_hparams(cfg, splits.spec)
+    if action == "extend":
+        done = run_dir_lib.read_metrics(run_dir)["epochs"]
+        if done >= hp["epochs"]:
+            raise RunError("trained_out", run_dir, str(done))
     work_dir = run_dir_lib.staging_path(run_dir) if action == "overwrite" else run_dir
     return _Run(cfg, run_dir, work_dir, action, splits, hp, print_fn, warn)
 
@@ -192,16 +196,17 @@ def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
         if epoch:
             run.say(f"Resuming the unfinished run in {run.final_dir} after epoch {epoch}")
         return epoch or 0, float(store.last_meta.get("train_seconds", 0.0)), {}
-    if run.action == "extend":
+    done, elapsed = 0, 0.0
+    if run.action == "extend":  # a finished run trained further: its model.keras is loaded
         previous = run_dir_lib.read_metrics(run.final_dir)
-        if previous["epochs"] >= run.hp["epochs"]:
-            raise RunError("trained_out", run.final_dir, str(previous["epochs"]))
-        return previous["epochs"], float(previous["train_seconds"]), {}
+        done, elapsed = previous["epochs"], float(previous["train_seconds"])
     state = checkpoints.read_state_file(run.checkpoints)
     meta = checkpoints.restore(run.checkpoints, model, run.warn)
-    if meta is not None:
+    if meta is not None:  # a killed run (or a killed extension of a finished one)
         run.say(f"Resuming the unfinished run in {run.final_dir} after epoch {meta['epoch']}")
         return meta["epoch"], float(meta.get("train_seconds", 0.0)), state
+    if run.action == "extend":
+        return done, elapsed, {}
     if hasattr(model, "initialize_scale"):
         first = data_lib.as_dataset(run.splits.train[:1024], run.splits.spec, 1024,
                                     training=False)

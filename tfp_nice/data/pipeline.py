@@ -76,7 +76,7 @@ def as_dataset(
         ds = ds.batch(batch_size, drop_remainder=False)
         if noise:  # the estimator the serving export uses too (one place)
             event_ndims = len(spec.event_shape)
-            ds = ds.map(lambda b: _on_x(b, lambda xb: preprocessing.dequantize(
+            ds = ds.map(lambda *b: _on_x(b, lambda xb: preprocessing.dequantize(
                 xb, seed, event_ndims)), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
@@ -97,7 +97,9 @@ def _examples(x: np.ndarray, labels: np.ndarray | None) -> tf.data.Dataset:
 
 
 def _on_x(element, fn):
-    """Applies ``fn`` to the examples of an element (``x`` or an ``(x, labels)`` pair)."""
+    """Applies ``fn`` to the examples of an element (``x``, ``(x,)`` or an ``(x, labels)`` pair)."""
+    if isinstance(element, tuple) and len(element) == 1:
+        return fn(element[0])
     if isinstance(element, tuple):
         return (fn(element[0]),) + tuple(element[1:])
     return fn(element)

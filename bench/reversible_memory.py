@@ -144,7 +144,7 @@ def _child(args):
                     tf.float32)
     if kind == "mem":  # model, one mode; fresh process for a clean peak
         # Exact chunks: reserve one region, free it again (uninitialised: no pages touched).
-        tf.raw_ops.Empty(shape=[args.reserve_mib * 2**20], dtype=tf.uint8)
+        tf.raw_ops.Empty(shape=[args.reserve_mib, 2**20], dtype=tf.uint8)
         mode = model.split("-")[1] if "-" in model else "rev"
         if mode == "ctrl":  # the ordering before the XLA barriers: control dependencies only
             from tfp_nice._internal import compat

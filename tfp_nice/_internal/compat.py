@@ -19,6 +19,10 @@ place, and not silently elsewhere.
   model's private ``_initial_epoch`` (:func:`keras_initial_epoch`).
 * **Untracked holders**: Keras and ``tf.Module`` auto-track attributes; :class:`Untracked`
   hides TFP objects whose layers a model already owns.
+* **XLA scheduling**: TensorFlow's private ``XlaControlFlowContext`` tells whether ops are
+  being built for XLA (:func:`in_xla_context`), and its private ``XlaOptimizationBarrier`` op
+  orders computations in a way XLA keeps, where it drops control dependencies
+  (:func:`ordered_after`).
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import tensorflow as tf
 
 __all__ = [
     "Untracked",
+    "in_xla_context",
     "instance_state",
     "is_chain",
     "is_invert",
     "is_template",
     "keras_initial_epoch",
     "is_tf_keras_layer",
+    "ordered_after",
     "public_tfp_name",
     "store_forward_log_det",
     "store_inverse_log_det",
@@ -157,3 +163,54 @@ class Untracked:
 
     def __init__(self, **kwargs: Any):
         self.__dict__.update(kwargs)
+
+
+# --- XLA scheduling ----------------------------------------------------------------------------
+def in_xla_context() -> bool:
+    """Whether ops built now go to XLA (inside ``tf.function(jit_compile=True)``).
+
+    TensorFlow enters a private ``XLAControlFlowContext`` while it traces a ``jit_compile``
+    function, its gradient functions included; ``control_flow_util`` reads it.
+    """
+    if tf.executing_eagerly():
+        return False
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+@tf.custom_gradient
+def _barrier(t: tf.Tensor, *deps: tf.Tensor):
+    from tensorflow.compiler.tf2xla.python import xla
+
+    def grad(dt):
+        return [dt] + [None] * len(deps)
+
+    return xla.optimization_barrier(t, *deps)[0], grad
+
+
+def ordered_after(t: tf.Tensor, deps) -> tf.Tensor:
+    """``t``, available only once every tensor in ``deps`` is computed.
+
+    Outside XLA this is ``tf.identity(t)`` behind ``tf.control_dependencies(deps)``. XLA
+    drops control dependencies, so under ``jit_compile`` ``t`` and ``deps`` go through one
+    ``XlaOptimizationBarrier`` (TF's private ``tf2xla.python.xla.optimization_barrier``): its
+    outputs exist only after all its inputs, and XLA neither moves computations across it
+    nor simplifies through it (e.g. a slice of ``t`` is not traced back to the tensors
+    ``t`` was concatenated from). The value of ``t`` is unchanged either way, and so is its
+    gradient (the barrier has none registered: it passes ``t``'s through, none to ``deps``).
+
+    Args:
+      t: the tensor to hold back.
+      deps: tensors (``None`` entries are ignored) that must exist first.
+
+    Returns:
+      A tensor equal to ``t``.
+    """
+    deps = [d for d in deps if d is not None]
+    if not deps:
+        return t
+    if in_xla_context():
+        return _barrier(t, *deps)
+    with tf.control_dependencies(deps):
+        return tf.identity(t)

@@ -11,10 +11,12 @@ __all__ = ["GradientSink", "after", "or_zeros", "trainable"]
 
 
 def after(t: tf.Tensor, *deps) -> tf.Tensor:
-    """``t`` behind control dependencies on ``deps``: orders reconstruction after the gradient."""
-    deps = [d for d in deps if d is not None]
-    with tf.control_dependencies(deps):
-        return tf.identity(t)
+    """``t``, available only after ``deps``: orders a reconstruction after the gradient.
+
+    A control dependency outside XLA, an optimization barrier under ``jit_compile`` (XLA
+    drops control dependencies); see :func:`tfp_nice._internal.compat.ordered_after`.
+    """
+    return compat.ordered_after(t, deps)
 
 
 def or_zeros(g, like: tf.Tensor) -> tf.Tensor:

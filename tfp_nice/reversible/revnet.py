@@ -218,10 +218,10 @@ class ReversibleSequential(keras.layers.Layer):
     step costs one extra forward pass. ``memory_saving=False`` is ordinary backprop (the
     baseline). Both give the same values and, up to round-off, the same gradients.
 
-    Works in eager mode, ``tf.function`` and ``fit``. Under XLA (``jit_compile=True``) the
-    values and gradients are the same, but XLA drops the control dependencies that order the
-    reconstruction, so flat memory is not guaranteed (memory is still far below plain
-    backprop); see the module docstring and ``bench/reversible_memory.md``.
+    Works in eager mode, ``tf.function``, ``fit`` and under XLA (``jit_compile=True``), with
+    the same values, gradients and flat memory: under XLA an optimization barrier orders each
+    reconstruction after its incoming gradient; see the module docstring and
+    ``bench/reversible_memory.md``.
 
     ``F``/``G`` must be deterministic (no dropout) and well conditioned (e.g. ``tanh``).
 

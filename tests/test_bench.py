@@ -1,0 +1,87 @@
+"""bench/gpu.py: the quick run end to end on CPU, failures recorded as rows, the time budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_gpu_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return _load_gpu_bench()
+
+
+def test_quick_run_writes_every_config_with_throughput_and_memory(tmp_path):
+    out = tmp_path / "gpu"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--quick", "--out",
+                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    rows = result["rows"]
+    got = {(r["part"], r["precision"], r["memory_saving"], r.get("depth")) for r in rows}
+    assert got == {("grid", "float32", False, None), ("grid", "mixed_bfloat16", False, None),
+                   ("grid", "float32", True, None), ("depth", "float32", False, 2),
+                   ("depth", "float32", True, 2)}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["img_s"] > 0 and r["params"] > 0, r
+        assert r["peak_mib"] > 0, r  # the CPU BFC allocator was on
+    mixed = next(r for r in rows if r["precision"] == "mixed_bfloat16")
+    assert "bfloat16" in mixed["compute_dtypes"], mixed
+    assert result["env"]["device"] == "CPU:0" and result["env"]["jit"] is False
+    md = (tmp_path / "gpu.md").read_text()
+    assert "## Image models" in md and "## Depth: plain vs memory-saving" in md
+    assert md.count("| realnvp-28 |") == 3 and md.count("| stack-32 | 2 |") == 2
+
+
+def test_a_model_that_fails_is_a_row_not_a_crash(gpu):
+    def build(shape, quick, depth, memory_saving):
+        if keras.mixed_precision.global_policy().name != "float32":
+            raise TypeError("half precision is not wired up")
+        raise ValueError("broken model")
+
+    gpu.register_model("broken", (4, 4, 1), (4, 4, 1), build)
+    args = gpu._parse(["--quick"])
+
+    def rows(precision):
+        group = dict(part="grid", model="broken", batches=[2, 4], precision=precision,
+                     memory_saving=False)
+        return gpu.measure(gpu.MODELS["broken"], group, args)
+
+    got = rows("mixed_float16")
+    assert [r["batch"] for r in got] == [2, 4]
+    assert {r["status"] for r in got} == {
+        "unsupported (TypeError: half precision is not wired up)"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    assert {r["status"] for r in rows("float32")} == {"error (ValueError: broken model)"}
+
+
+def test_configs_past_the_time_budget_are_skipped_and_listed(gpu, tmp_path):
+    rows = gpu.main(["--quick", "--budget-s", "0", "--out", str(tmp_path / "gpu")])
+    assert len(rows) == 5 and all(r["status"] == "skipped (time budget)" for r in rows)
+    assert (tmp_path / "gpu.md").read_text().count("skipped (time budget)") == 5
+
+
+def test_unknown_model_names_are_refused(gpu, capsys):
+    with pytest.raises(SystemExit):
+        gpu._parse(["--models", "realnvp-28,glow-99"])
+    assert "unknown model 'glow-99'" in capsys.readouterr().err

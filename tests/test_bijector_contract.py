@@ -112,6 +112,17 @@ def _conv_1x1(channels=2, event_ndims=3):
     return b
 
 
+def _glow_step(coupling="affine"):
+    """One Glow step (ActNorm, 1x1 conv, coupling) with every trainable weight perturbed."""
+    chain = tfb.Chain(tn.presets.glow_step(IMG, filters=8, coupling=coupling, dtype=F64))
+    chain.forward(tf.zeros([1, *IMG], tf.float64))  # builds the layers
+    rng = np.random.default_rng(7)
+    for layer in tn.graph.collect(chain).layers:
+        for v in layer.trainable_weights:
+            v.assign(v.numpy() + rng.normal(0.0, 0.1, v.shape))
+    return chain
+
+
 IMG = [4, 4, 2]
 FACTORIES = {
     # name: (factory, event_shape)
@@ -150,6 +161,8 @@ FACTORIES = {
     "invertible_1x1_conv-image-4-channels": (lambda: _conv_1x1(4), [2, 3, 4]),
     "invertible_1x1_conv-one-channel": (lambda: _conv_1x1(1), [3, 3, 1]),
     "invertible_1x1_conv-vector": (lambda: _conv_1x1(5, event_ndims=1), [5]),
+    "glow-step-affine": (_glow_step, IMG),
+    "glow-step-additive": (lambda: _glow_step("additive"), IMG),
 }
 
 
@@ -161,7 +174,7 @@ def test_bijector_passes_conformance_kit_in_float64(name):
 
 @pytest.mark.parametrize("name", ["affine-tanh", "additive-checkerboard", "diagonal_scale-image",
                                   "multiscale-block", "batch_norm-inference",
-                                  "invertible_1x1_conv-image-4-channels"])
+                                  "invertible_1x1_conv-image-4-channels", "glow-step-affine"])
 def test_inverse_log_det_matches_autodiff_within_1e_10(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((6,), event_shape, tf.float64, seed=7, scale=2.0)
@@ -169,7 +182,7 @@ def test_inverse_log_det_matches_autodiff_within_1e_10(name):
 
 
 @pytest.mark.parametrize("name", ["affine-tanh", "affine-exp", "additive-num_masked",
-                                  "invertible_1x1_conv-image"])
+                                  "invertible_1x1_conv-image", "glow-step-affine"])
 def test_transform_is_not_the_identity_so_the_checks_are_meaningful(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((4,), event_shape, tf.float64)

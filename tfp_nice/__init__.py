@@ -29,6 +29,7 @@ _EXPORTS = {
     "NICE": "tfp_nice.presets",
     "RealNVP": "tfp_nice.presets",
     "RealNVPImage": "tfp_nice.presets",
+    "Glow": "tfp_nice.presets",
     "LogScale": "tfp_nice.layers",
     "MLPConditioner": "tfp_nice.layers",
     "TanhScale": "tfp_nice.layers",

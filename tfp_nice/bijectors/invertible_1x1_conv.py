@@ -51,7 +51,7 @@ class Invertible1x1Conv(tfb.Bijector):
       >>> x = np.random.default_rng(0).normal(size=[2, 3, 3, 4]).astype("float32")
       >>> bool(np.allclose(b.inverse(b.forward(x)), x, atol=1e-5))
       True
-      >>> abs(float(b.forward_log_det_jacobian(x, event_ndims=3)[0])) < 1e-5  # a rotation
+      >>> abs(float(b.forward_log_det_jacobian(x, event_ndims=3))) < 1e-5  # a rotation
       True
 
     References:

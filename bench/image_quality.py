@@ -41,9 +41,11 @@ Models: the three `tfp-nice train` presets with their digits defaults, built by
                  initialised on the first batch. `tfp-nice train --model glow`'s model where the
                  installed `tfp_nice.training` knows it, else the preset with these defaults.
 
-Protocol (identical for all): Adam at the preset's default learning rate (1e-3), batch 64
-(full batches only: the 41 left-over examples of each shuffled epoch are dropped so no second
-graph is compiled), XLA (`jit_compile=True`, as `tfp-nice train`). Before the clock starts:
+Protocol (identical for all): Adam at the model's default learning rate (1e-3; Glow 2e-3, see
+`tn.glow_defaults`), batch 64 (full batches only: the left-over examples of each shuffled epoch
+are dropped so no second graph is compiled), XLA (`jit_compile=True`, as `tfp-nice train`;
+`--xla off` for TF's own kernels: on these 2 CPU cores XLA's convolutions made a Glow training
+step 2.1x slower). Before the clock starts:
 one validation pass (traces the evaluation function) and one training step (traces and
 XLA-compiles the training step; its update is kept and counted as step 1, its wall time is
 reported as "compile s"). The budget (`--seconds`) then covers training steps, a validation
@@ -126,13 +128,13 @@ def build(name: str, spec: data_lib.DataSpec, seed: int):
     if name not in training.MODELS and name == "glow":  # a `tfp_nice.training` without Glow
         kwargs = dict(glow_defaults(spec.event_shape), data_scale=float(spec.num_levels or 1),
                       data_low=float(spec.low), logit_alpha=0.05)
-        return Glow(list(spec.event_shape), name="glow", **kwargs), 1e-3
+        return Glow(list(spec.event_shape), name="glow", **kwargs), 2e-3
     cfg = training.TrainConfig(model=name, data=spec.name, seed=seed)
     return training.build_model(cfg, spec), training.default_hparams(cfg, spec)["learning_rate"]
 
 
 def run_one(name: str, splits, seconds: float, batch: int, seed: int,
-            kwargs: dict | None = None) -> dict:
+            kwargs: dict | None = None, xla: bool = True) -> dict:
     spec = splits.spec
     keras.utils.set_random_seed(seed)
     model, learning_rate = build(name, spec, seed)
@@ -141,7 +143,7 @@ def run_one(name: str, splits, seconds: float, batch: int, seed: int,
     if hasattr(model, "initialize_scale"):  # as `tfp-nice train` does for NICE
         first = data_lib.as_dataset(splits.train[:1024], spec, 1024, training=False)
         model.initialize_scale(next(iter(first)))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=xla)
     train_ds = data_lib.as_dataset(splits.train, spec, batch, training=True, seed=seed)
     train_ds = train_ds.filter(lambda b: tf.shape(b)[0] == batch)
     model.initialize_from_data(next(iter(train_ds)))  # ActNorm (Glow), as `fit` does; else no-op
@@ -188,6 +190,7 @@ def run_one(name: str, splits, seconds: float, batch: int, seed: int,
     return {
         "model": name,
         "params": int(model.count_params()),
+        "learning_rate": learning_rate,
         "compile_s": compile_s,
         "budget_s": seconds,
         "wall_s": wall,
@@ -217,15 +220,17 @@ def to_markdown(results: list[dict], meta: dict) -> str:
         "",
         "Held-out test bits/dim (lower is better) of the weights with the best validation NLL "
         f"after {meta['seconds']:g} s of training each (compilation excluded, listed apart); "
-        f"{meta['data_line']}; batch {meta['batch']}, Adam 1e-3, XLA.",
+        f"{meta['data_line']}; batch {meta['batch']}, Adam at each model's learning rate "
+        f"(lr column), {'XLA' if meta.get('xla', True) else 'no XLA'}.",
         "",
-        "| model | params | compile s | steps (epochs) | train img/s | val bits/dim at start "
+        "| model | params | lr | compile s | steps (epochs) | train img/s | val bits/dim at start "
         "| best val bits/dim (step) | **test bits/dim** |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['params']:,} | {r['compile_s']:.0f} | {r['steps']} "
+            f"| {r['model']} | {r['params']:,} | {r.get('learning_rate', 1e-3):g} | "
+            f"{r['compile_s']:.0f} | {r['steps']} "
             f"({r['epochs']}) | {r['images_per_s']:,.0f} | {r['val_bpd_start']:.3f} | "
             f"{r['best_val_bpd']:.3f} ({r['best_step']}) | **{r['test_bpd']:.3f}** |"
         )
@@ -262,6 +267,8 @@ def main(argv=None) -> int:
                         "e.g. '{\"filters\": 16}'")
     p.add_argument("--glow-kwargs", default=None,
                    help="JSON Glow arguments overriding the preset, e.g. '{\"num_steps\": 8}'")
+    p.add_argument("--xla", choices=("on", "off"), default="on",
+                   help="jit_compile for every model (default on, as tfp-nice train)")
     p.add_argument("--quick", action="store_true",
                    help="no idle wait, no files written (and 15 s per model by default)")
     p.add_argument("--out", default=None,
@@ -293,6 +300,7 @@ def main(argv=None) -> int:
     shape = "x".join(str(d) for d in spec.event_shape[:2])
     meta.update(
         batch=args.batch,
+        xla=args.xla == "on",
         data_title="8x8 digits" if args.data == "digits" else f"{shape} images, {args.data}",
         data_arg="" if args.data == "digits" else f" --data {args.data}",
         data_line=(f"{args.data}: {list(spec.event_shape)}, split "
@@ -307,7 +315,7 @@ def main(argv=None) -> int:
         print(f"training {name} for {seconds:g} s ...", flush=True)
         raw = getattr(args, _KWARGS_MODELS.get(name, ""), None)
         kw = json.loads(raw) if raw else None
-        r = run_one(name, splits, seconds, args.batch, args.seed, kw)
+        r = run_one(name, splits, seconds, args.batch, args.seed, kw, args.xla == "on")
         if kw:
             r["model"] = f"{name} {json.dumps(kw)}"
         print(f"  {name}: test {r['test_bpd']:.3f} bits/dim, {r['steps']} steps, "

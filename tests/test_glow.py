@@ -162,12 +162,17 @@ def test_glow_follows_the_papers_multiscale_architecture():
                for c in couplings)
     (split,) = [s for s in steps if isinstance(s, tn.FactorOut)]
     assert split.num_kept == 2 and isinstance(steps[-1], tn.Squeeze)
+    prior = steps[steps.index(split) - 1]  # the learned prior of the split half (default)
+    assert isinstance(prior, tn.AffineCoupling) and prior.mask.kind == "channel"
+    assert prior.conditioner.filters == () and prior.scale == "exp"
+    plain = _tiny_glow(split_prior=False).steps  # [..., last coupling, split, unsqueeze]
+    assert compat.is_invert(plain[-3]) and isinstance(plain[-2], tn.FactorOut)
     assert len(_walk(model, tn.ActNorm)) == len(_walk(model, tn.Invertible1x1Conv)) == 4
     scales = model.latent_scales()
     assert scales.shape == (8, 8, 1) and (scales == 0).sum() == 32 and (scales == 1).sum() == 32
     assert model.num_levels == model.num_scales == 2
-    # every weight is the model's: 4 ActNorms (2), 4 convolutions (3), 4 nets (6)
-    assert len(model.trainable_variables) == 4 * (2 + 3 + 6)
+    # every weight is the model's: 4 ActNorms (2), 4 convolutions (3), 4 nets (6), the prior (2)
+    assert len(model.trainable_variables) == 4 * (2 + 3 + 6) + 2
 
 
 def test_glow_checks_its_arguments():
@@ -186,7 +191,7 @@ def test_glow_checks_its_arguments():
 
 
 def test_glow_log_prob_is_the_exact_change_of_variables():
-    model = _tiny_glow(split_prior=True)
+    model = _tiny_glow()
     _perturb(model)
     x = tf.constant(np.random.default_rng(1).uniform(0, 16.9, [3, 8, 8, 1]), tf.float32)
     z = model.encode(x)
@@ -216,10 +221,10 @@ def test_one_conditioner_call_per_glow_coupling_per_log_prob(monkeypatch):
     x = tf.constant(np.random.default_rng(2).uniform(0, 16.9, [4, 8, 8, 1]), tf.float32)
     _Counting.calls = 0
     model.log_prob(x)
-    assert _Counting.calls == 4
+    assert _Counting.calls == 5  # 4 couplings and the split prior
     _Counting.calls = 0
     tf.function(model.log_prob)(x)
-    assert _Counting.calls == 4
+    assert _Counting.calls == 5
 
 
 def test_glow_coupling_contracts_the_data_to_latent_pass_like_glows_sigmoid():
@@ -267,7 +272,7 @@ def test_glow_samples_at_temperature_and_redraws_one_scale():
 
 
 def test_glow_exports_for_serving_and_runs_in_the_tf2_and_tf1_loaders(tmp_path):
-    model = _tiny_glow(split_prior=True)
+    model = _tiny_glow()
     x = np.random.default_rng(4).integers(0, 17, [64, 8, 8, 1]).astype("float32")
     model.initialize_from_data(x + 0.5)
     _perturb(model)

@@ -301,6 +301,14 @@ def test_glow_exports_for_serving_and_runs_in_the_tf2_and_tf1_loaders(tmp_path):
         np.testing.assert_allclose(got, want_sample, rtol=1e-4, atol=1e-4)
     bits = sig["log_prob"](x=tf.constant(x[:5]))["bits_per_dim"].numpy()
     np.testing.assert_allclose(bits, -want_lp / (64 * math.log(2)), rtol=1e-5)
+    # `saved_model_cli run` (the code behind the command), here for the log_prob signature
+    from tensorflow.python.tools import saved_model_cli
+
+    np.save(tmp_path / "x.npy", x[:5])
+    feeds = saved_model_cli.load_inputs_from_input_arg_string(f"x={tmp_path / 'x.npy'}", "", "")
+    saved_model_cli.run_saved_model_with_feed_dict(path, "serve", "log_prob", feeds,
+                                                   str(tmp_path / "cli"), True)
+    np.testing.assert_allclose(np.load(tmp_path / "cli" / "log_prob.npy"), want_lp, rtol=1e-5)
 
 
 def test_image_quality_bench_trains_glow_on_28x28_images(tmp_path):

@@ -164,15 +164,16 @@ def test_glow_follows_the_papers_multiscale_architecture():
     assert split.num_kept == 2 and isinstance(steps[-1], tn.Squeeze)
     prior = steps[steps.index(split) - 1]  # the learned prior of the split half (default)
     assert isinstance(prior, tn.AffineCoupling) and prior.mask.kind == "channel"
-    assert prior.conditioner.filters == () and prior.scale == "exp"
+    assert prior.conditioner.filters == () and prior.scale == "tanh"
     plain = _tiny_glow(split_prior=False).steps  # [..., last coupling, split, unsqueeze]
     assert compat.is_invert(plain[-3]) and isinstance(plain[-2], tn.FactorOut)
     assert len(_walk(model, tn.ActNorm)) == len(_walk(model, tn.Invertible1x1Conv)) == 4
     scales = model.latent_scales()
     assert scales.shape == (8, 8, 1) and (scales == 0).sum() == 32 and (scales == 1).sum() == 32
     assert model.num_levels == model.num_scales == 2
-    # every weight is the model's: 4 ActNorms (2), 4 convolutions (3), 4 nets (6), the prior (2)
-    assert len(model.trainable_variables) == 4 * (2 + 3 + 6) + 2
+    # every weight is the model's: 4 ActNorms (2), 4 convolutions (3), 4 nets (6), the prior
+    # (a conv and the tanh scale: 3)
+    assert len(model.trainable_variables) == 4 * (2 + 3 + 6) + 3
 
 
 def test_glow_checks_its_arguments():

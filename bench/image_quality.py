@@ -1,10 +1,16 @@
-"""Held-out bits/dim after the same training time: vector NICE, vector RealNVP, image RealNVP.
+"""Held-out bits/dim after the same training time: vector NICE, vector RealNVP, image RealNVP, Glow.
 
-Run from the repo root on an otherwise idle machine (the default takes ~15 minutes):
+Run from the repo root on an otherwise idle machine (the default takes ~20 minutes):
     python bench/image_quality.py                  # 180 s of training per model
     python bench/image_quality.py --seconds 300    # a longer budget
     python bench/image_quality.py --quick          # smoke test: 15 s per model
+    python bench/image_quality.py --data ../shared/data/mnist-train-19690.npz --seconds 900
+                                                   # real 28x28 MNIST digits, 15 minutes each
     python bench/image_quality.py --data mnist.npz # your [N, 28, 28, 1] uint8 images instead
+
+Every model gets the same wall-clock training budget (`--seconds`); results go to
+bench/image_quality.{md,json} for the digits and bench/image_quality_<data file name>.{md,json}
+for `--data PATH` (`--out` overrides).
 
 Data: `--data` is anything `tfp-nice train --data` takes (`tfp_nice.data.load`): a `.npy` of
 `[N, H, W, C]` uint8 images (256 levels; validation and test are carved from it with `--seed`),
@@ -29,10 +35,17 @@ Models: the three `tfp-nice train` presets with their digits defaults, built by
                  architecture (3 checkerboard + squeeze + 3 channel couplings, factor out half;
                  4 checkerboard couplings on 4x4x2), masked ResNet conditioners (2 blocks,
                  16/32 filters, weight norm), batch norm after every coupling -> N(0, I).
+  glow           Glow: rescale(L) -> logit(0.05) -> `tn.glow_defaults(shape)` levels of (squeeze,
+                 K steps of ActNorm -> invertible 1x1 conv -> affine coupling with Glow's
+                 3x3/1x1/zero-init 3x3 conv net and sigmoid scale, split) -> N(0, I); ActNorm
+                 initialised on the first batch. `tfp-nice train --model glow`'s model where the
+                 installed `tfp_nice.training` knows it, else the preset with these defaults.
 
-Protocol (identical for all): Adam at the preset's default learning rate (1e-3), batch 64
-(full batches only: the 41 left-over examples of each shuffled epoch are dropped so no second
-graph is compiled), XLA (`jit_compile=True`, as `tfp-nice train`). Before the clock starts:
+Protocol (identical for all): Adam at the model's default learning rate (1e-3; Glow 2e-3, see
+`tn.glow_defaults`), batch 64 (full batches only: the left-over examples of each shuffled epoch
+are dropped so no second graph is compiled), XLA (`jit_compile=True`, as `tfp-nice train`;
+`--xla off` for TF's own kernels: on these 2 CPU cores XLA's convolutions made a Glow training
+step 2.1x slower). Before the clock starts:
 one validation pass (traces the evaluation function) and one training step (traces and
 XLA-compiles the training step; its update is kept and counted as step 1, its wall time is
 reported as "compile s"). The budget (`--seconds`) then covers training steps, a validation
@@ -65,8 +78,11 @@ import tensorflow as tf  # noqa: E402
 
 from tfp_nice import data as data_lib  # noqa: E402
 from tfp_nice import training  # noqa: E402
+from tfp_nice.presets import Glow, glow_defaults  # noqa: E402
 
-MODELS = ("nice", "realnvp", "realnvp-image")
+MODELS = ("nice", "realnvp", "realnvp-image", "glow")
+#: Models the `--image-kwargs` / `--glow-kwargs` JSON overrides apply to.
+_KWARGS_MODELS = {"realnvp-image": "image_kwargs", "glow": "glow_kwargs"}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -93,6 +109,12 @@ def wait_for_idle(poll: float = 30.0, limit: float = 1200.0) -> float:
         time.sleep(poll)
 
 
+def _slug(data: str) -> str:
+    """``../shared/data/mnist-train-19690.npz`` -> ``mnist-train-19690``."""
+    base = os.path.splitext(os.path.basename(data.rstrip("/")))[0] or "data"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in base)
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -101,22 +123,30 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def build(name: str, spec: data_lib.DataSpec, seed: int):
+    """``(model, learning rate)``: what ``tfp-nice train --model NAME`` trains on ``spec``."""
+    if name not in training.MODELS and name == "glow":  # a `tfp_nice.training` without Glow
+        kwargs = dict(glow_defaults(spec.event_shape), data_scale=float(spec.num_levels or 1),
+                      data_low=float(spec.low), logit_alpha=0.05)
+        return Glow(list(spec.event_shape), name="glow", **kwargs), 2e-3
+    cfg = training.TrainConfig(model=name, data=spec.name, seed=seed)
+    return training.build_model(cfg, spec), training.default_hparams(cfg, spec)["learning_rate"]
+
+
 def run_one(name: str, splits, seconds: float, batch: int, seed: int,
-            image_kwargs: dict | None = None) -> dict:
+            kwargs: dict | None = None, xla: bool = True) -> dict:
     spec = splits.spec
     keras.utils.set_random_seed(seed)
-    cfg = training.TrainConfig(model=name, data=spec.name, seed=seed)
-    hp = training.default_hparams(cfg, spec)
-    model = training.build_model(cfg, spec)
-    if name == "realnvp-image" and image_kwargs:  # a variant of the preset (--image-kwargs)
-        config = dict(model.get_config(), **image_kwargs)
-        model = type(model).from_config(config)
+    model, learning_rate = build(name, spec, seed)
+    if kwargs:  # a variant of the preset (--image-kwargs, --glow-kwargs)
+        model = type(model).from_config(dict(model.get_config(), **kwargs))
     if hasattr(model, "initialize_scale"):  # as `tfp-nice train` does for NICE
         first = data_lib.as_dataset(splits.train[:1024], spec, 1024, training=False)
         model.initialize_scale(next(iter(first)))
-    model.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=xla)
     train_ds = data_lib.as_dataset(splits.train, spec, batch, training=True, seed=seed)
     train_ds = train_ds.filter(lambda b: tf.shape(b)[0] == batch)
+    model.initialize_from_data(next(iter(train_ds)))  # ActNorm (Glow), as `fit` does; else no-op
     val_ds = data_lib.as_dataset(splits.validation, spec, 256, training=False, seed=seed)
     val_fn = tf.function(lambda b: tf.reduce_sum(model(b)))
 
@@ -160,6 +190,7 @@ def run_one(name: str, splits, seconds: float, batch: int, seed: int,
     return {
         "model": name,
         "params": int(model.count_params()),
+        "learning_rate": learning_rate,
         "compile_s": compile_s,
         "budget_s": seconds,
         "wall_s": wall,
@@ -180,7 +211,7 @@ def to_markdown(results: list[dict], meta: dict) -> str:
         f"# Image quality at equal training time ({meta['data_title']})",
         "",
         f"Generated by `python bench/image_quality.py --seconds {meta['seconds']:g}"
-        f"{meta['data_arg']}` on "
+        f"{meta['data_arg']}{meta.get('extra_args', '')}` on "
         f"{meta['date']} ({meta['machine']}).",
         "",
         f"- `uptime` before: `{meta['uptime_before']}`",
@@ -189,15 +220,17 @@ def to_markdown(results: list[dict], meta: dict) -> str:
         "",
         "Held-out test bits/dim (lower is better) of the weights with the best validation NLL "
         f"after {meta['seconds']:g} s of training each (compilation excluded, listed apart); "
-        f"{meta['data_line']}; batch {meta['batch']}, Adam 1e-3, XLA.",
+        f"{meta['data_line']}; batch {meta['batch']}, Adam at each model's learning rate "
+        f"(lr column), {'XLA' if meta.get('xla', True) else 'no XLA'}.",
         "",
-        "| model | params | compile s | steps (epochs) | train img/s | val bits/dim at start "
+        "| model | params | lr | compile s | steps (epochs) | train img/s | val bits/dim at start "
         "| best val bits/dim (step) | **test bits/dim** |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['params']:,} | {r['compile_s']:.0f} | {r['steps']} "
+            f"| {r['model']} | {r['params']:,} | {r.get('learning_rate', 1e-3):g} | "
+            f"{r['compile_s']:.0f} | {r['steps']} "
             f"({r['epochs']}) | {r['images_per_s']:,.0f} | {r['val_bpd_start']:.3f} | "
             f"{r['best_val_bpd']:.3f} ({r['best_step']}) | **{r['test_bpd']:.3f}** |"
         )
@@ -232,10 +265,21 @@ def main(argv=None) -> int:
     p.add_argument("--image-kwargs", default=None,
                    help="JSON RealNVPImage arguments overriding the preset, "
                         "e.g. '{\"filters\": 16}'")
+    p.add_argument("--glow-kwargs", default=None,
+                   help="JSON Glow arguments overriding the preset, e.g. '{\"num_steps\": 8}'")
+    p.add_argument("--xla", choices=("on", "off"), default="on",
+                   help="jit_compile for every model (default on, as tfp-nice train)")
     p.add_argument("--quick", action="store_true",
                    help="no idle wait, no files written (and 15 s per model by default)")
-    p.add_argument("--out", default=os.path.join(HERE, "image_quality"))
+    p.add_argument("--out", default=None,
+                   help="output path without extension (default bench/image_quality for the "
+                        "digits, bench/image_quality_<data file name> for --data PATH)")
     args = p.parse_args(argv)
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        p.error(f"--models must be a comma-separated subset of {list(MODELS)}. "
+                f"Received: {unknown[0]!r}")
     seconds = args.seconds if args.seconds is not None else (15.0 if args.quick else 180.0)
     waited = 0.0 if args.quick else wait_for_idle()
     meta = {
@@ -256,6 +300,13 @@ def main(argv=None) -> int:
     shape = "x".join(str(d) for d in spec.event_shape[:2])
     meta.update(
         batch=args.batch,
+        xla=args.xla == "on",
+        extra_args="".join(
+            [f" --models {args.models}" if args.models != ",".join(MODELS) else "",
+             f" --batch {args.batch}" if args.batch != 64 else "",
+             " --xla off" if args.xla == "off" else ""]
+            + [f" --{k.replace('_', '-')} '{getattr(args, k)}'" for k in _KWARGS_MODELS.values()
+               if getattr(args, k)]),
         data_title="8x8 digits" if args.data == "digits" else f"{shape} images, {args.data}",
         data_arg="" if args.data == "digits" else f" --data {args.data}",
         data_line=(f"{args.data}: {list(spec.event_shape)}, split "
@@ -266,11 +317,12 @@ def main(argv=None) -> int:
                    f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)}"),
     )
     results = []
-    for name in args.models.split(","):
+    for name in names:
         print(f"training {name} for {seconds:g} s ...", flush=True)
-        kw = json.loads(args.image_kwargs) if args.image_kwargs else None
-        r = run_one(name, splits, seconds, args.batch, args.seed, kw)
-        if name == "realnvp-image" and kw:
+        raw = getattr(args, _KWARGS_MODELS.get(name, ""), None)
+        kw = json.loads(raw) if raw else None
+        r = run_one(name, splits, seconds, args.batch, args.seed, kw, args.xla == "on")
+        if kw:
             r["model"] = f"{name} {json.dumps(kw)}"
         print(f"  {name}: test {r['test_bpd']:.3f} bits/dim, {r['steps']} steps, "
               f"{r['images_per_s']:.0f} img/s, compile {r['compile_s']:.0f} s", flush=True)
@@ -278,9 +330,11 @@ def main(argv=None) -> int:
     meta["uptime_after"] = _uptime()
     md = to_markdown(results, meta)
     if not args.quick:
-        with open(args.out + ".md", "w") as f:
+        out = args.out or os.path.join(HERE, "image_quality" + (
+            "" if args.data == "digits" else "_" + _slug(args.data)))
+        with open(out + ".md", "w") as f:
             f.write(md)
-        with open(args.out + ".json", "w") as f:
+        with open(out + ".json", "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
     print(md)
     return 0

@@ -102,6 +102,27 @@ def _multiscale_block():
     ])
 
 
+def _conv_1x1(channels=2, event_ndims=3):
+    """An invertible 1x1 convolution whose L, U and log|s| are far from the initial rotation."""
+    b = tn.Invertible1x1Conv(layer=tn.Invertible1x1ConvLayer(channels, seed=3, dtype=F64),
+                             event_ndims=event_ndims)
+    rng = np.random.default_rng(channels)
+    for v in b.layer.trainable_weights:
+        v.assign(v.numpy() + rng.normal(0.0, 0.5, v.shape))
+    return b
+
+
+def _glow_step(coupling="affine"):
+    """One Glow step (ActNorm, 1x1 conv, coupling) with every trainable weight perturbed."""
+    chain = tfb.Chain(tn.presets.glow_step(IMG, filters=8, coupling=coupling, dtype=F64))
+    chain.forward(tf.zeros([1, *IMG], tf.float64))  # builds the layers
+    rng = np.random.default_rng(7)
+    for layer in tn.graph.collect(chain).layers:
+        for v in layer.trainable_weights:
+            v.assign(v.numpy() + rng.normal(0.0, 0.1, v.shape))
+    return chain
+
+
 IMG = [4, 4, 2]
 FACTORIES = {
     # name: (factory, event_shape)
@@ -136,6 +157,12 @@ FACTORIES = {
     "batch_norm-fixed-inference": (lambda: _batch_norm(training=False), IMG),
     "factor_out": (_factor_out, IMG),
     "multiscale-block": (_multiscale_block, IMG),
+    "invertible_1x1_conv-image": (_conv_1x1, IMG),
+    "invertible_1x1_conv-image-4-channels": (lambda: _conv_1x1(4), [2, 3, 4]),
+    "invertible_1x1_conv-one-channel": (lambda: _conv_1x1(1), [3, 3, 1]),
+    "invertible_1x1_conv-vector": (lambda: _conv_1x1(5, event_ndims=1), [5]),
+    "glow-step-affine": (_glow_step, IMG),
+    "glow-step-additive": (lambda: _glow_step("additive"), IMG),
 }
 
 
@@ -146,14 +173,16 @@ def test_bijector_passes_conformance_kit_in_float64(name):
 
 
 @pytest.mark.parametrize("name", ["affine-tanh", "additive-checkerboard", "diagonal_scale-image",
-                                  "multiscale-block", "batch_norm-inference"])
+                                  "multiscale-block", "batch_norm-inference",
+                                  "invertible_1x1_conv-image-4-channels", "glow-step-affine"])
 def test_inverse_log_det_matches_autodiff_within_1e_10(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((6,), event_shape, tf.float64, seed=7, scale=2.0)
     testing.assert_log_det_matches_autodiff(factory(), x, len(event_shape), atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["affine-tanh", "affine-exp", "additive-num_masked"])
+@pytest.mark.parametrize("name", ["affine-tanh", "affine-exp", "additive-num_masked",
+                                  "invertible_1x1_conv-image", "glow-step-affine"])
 def test_transform_is_not_the_identity_so_the_checks_are_meaningful(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((4,), event_shape, tf.float64)
@@ -239,7 +268,8 @@ def test_float32_conditioner_on_float64_data_returns_float64():
 @pytest.mark.parametrize("name", ["affine-tanh", "additive-channel", "diagonal_scale-vector",
                                   "masked-affine-checkerboard-resnet",
                                   "masked-additive-checkerboard-conv", "squeeze-checkerboard",
-                                  "act_norm-image", "batch_norm-inference", "factor_out"])
+                                  "act_norm-image", "batch_norm-inference", "factor_out",
+                                  "invertible_1x1_conv-image", "invertible_1x1_conv-vector"])
 def test_bijector_config_round_trip(name):
     factory, event_shape = FACTORIES[name]
     b = factory()

@@ -8,6 +8,8 @@ import re
 import keras
 import numpy as np
 
+import tfp_nice as tn
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -45,3 +47,12 @@ def test_readme_reversible_example_trains_with_memory_saving_on():
     classifier, flow = namespace["classifier"], namespace["flow"]
     assert classifier.layers[0].memory_saving and flow.memory_saving
     assert len(classifier.trainable_variables) == 16 * 4 + 2
+
+
+def test_readme_glow_example_trains_and_samples_at_temperature():
+    namespace: dict = {}
+    exec(compile(_block("tn.Glow("), "README.md", "exec"), namespace)  # noqa: S102
+    glow = namespace["glow"]
+    assert all(a.layer.is_initialized for a in glow.steps if isinstance(a, tn.ActNorm))
+    assert glow.sample(2, seed=(1, 2), temperature=0.7).shape == (2, 8, 8, 1)
+    assert np.isfinite(glow.log_prob(namespace["x"][:8]).numpy()).all()

@@ -13,7 +13,9 @@ Notation (TFP's direction: ``forward`` maps latent -> data):
 * diagonal scaling (NICE):           ``y = x * exp(s)``, log-det ``sum(s)``;
 * per-channel affine (ActNorm, batch norm): ``y = x * exp(s_c) + t_c`` over ``[H, W, C]``,
   log-det ``H * W * sum_c(s_c)``;
-* squeeze (RealNVP): ``[H, W, C] -> [H/2, W/2, 4C]``, a permutation (log-det ``0``).
+* squeeze (RealNVP): ``[H, W, C] -> [H/2, W/2, 4C]``, a permutation (log-det ``0``);
+* invertible 1x1 convolution (Glow): ``y = x W`` over the channels, ``W = P L (U + diag(s))``,
+  log-det ``H * W * sum(log|s|)``.
 
 References:
   [1] Dinh, Krueger, Bengio. NICE: Non-linear Independent Components Estimation. arXiv:1410.8516.
@@ -56,6 +58,9 @@ __all__ = [
     "channel_affine_log_det",
     "batch_norm_shift_and_log_scale",
     "moments",
+    "lu_weight",
+    "lu_inverse_weight",
+    "channel_matmul",
 ]
 
 #: Names accepted by :func:`stabilise_log_scale`.
@@ -354,3 +359,50 @@ def moments(x: tf.Tensor, synchronized: bool = False) -> tuple[tf.Tensor, tf.Ten
     mean = total / count
     variance = tf.maximum(total_sq / count - tf.square(mean), tf.zeros([], x.dtype))
     return mean, variance
+
+
+# --------------------------------------------------------------------------------------------
+# Invertible 1x1 convolution (Glow [4] §3.2): an LU-factored linear map over the channels.
+# --------------------------------------------------------------------------------------------
+def _lu_factors(lower: tf.Tensor, upper: tf.Tensor, sign_s: tf.Tensor, log_s: tf.Tensor):
+    """``L = tril(lower, -1) + I`` and ``U' = triu(upper, 1) + diag(sign_s * exp(log_s))``.
+
+    ``lower``/``upper`` may be ``None`` (one channel: ``L = I``, ``U' = s``).
+    """
+    c = int(log_s.shape[-1])
+    diag = tf.linalg.diag(sign_s * tf.exp(log_s))
+    if lower is None:
+        return tf.eye(c, dtype=log_s.dtype), diag
+    eye = tf.eye(c, dtype=lower.dtype)
+    tril = tf.linalg.band_part(lower, -1, 0) - tf.linalg.band_part(lower, 0, 0)
+    triu = tf.linalg.band_part(upper, 0, -1) - tf.linalg.band_part(upper, 0, 0)
+    return tril + eye, triu + diag
+
+
+def lu_weight(permutation: tf.Tensor, lower, upper, sign_s: tf.Tensor,
+              log_s: tf.Tensor) -> tf.Tensor:
+    """Glow's LU-decomposed weight ``W = P L (U + diag(sign_s * exp(log_s)))``, ``[C, C]``.
+
+    ``P`` is a permutation matrix, ``L`` unit lower triangular (the strictly lower part of
+    ``lower``), ``U`` strictly upper triangular (of ``upper``), so
+    ``log|det W| = sum(log_s)``.
+    """
+    lo, up = _lu_factors(lower, upper, sign_s, log_s)
+    return tf.matmul(permutation, tf.matmul(lo, up))
+
+
+def lu_inverse_weight(permutation: tf.Tensor, lower, upper, sign_s: tf.Tensor,
+                      log_s: tf.Tensor) -> tf.Tensor:
+    """``W^-1 = U'^-1 L^-1 P^T`` from two triangular solves (no general matrix inverse)."""
+    lo, up = _lu_factors(lower, upper, sign_s, log_s)
+    eye = tf.eye(int(log_s.shape[-1]), dtype=log_s.dtype)
+    lo_inv = tf.linalg.triangular_solve(lo, eye, lower=True)
+    up_inv = tf.linalg.triangular_solve(up, eye, lower=False)
+    return tf.matmul(up_inv, tf.matmul(lo_inv, permutation, transpose_b=True))
+
+
+def channel_matmul(x: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """``y[..., j] = sum_i x[..., i] W[i, j]``: a 1x1 convolution over the last axis."""
+    c = int(weight.shape[0])
+    y = tf.matmul(tf.reshape(x, [-1, c]), weight)
+    return reshape_to(y, leading_shape(x, 1), [int(weight.shape[1])])

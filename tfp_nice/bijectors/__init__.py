@@ -6,6 +6,7 @@ from tfp_nice.bijectors.affine_coupling import AffineCoupling
 from tfp_nice.bijectors.batch_norm import BatchNorm
 from tfp_nice.bijectors.diagonal_scale import DiagonalScale
 from tfp_nice.bijectors.factor_out import FactorOut
+from tfp_nice.bijectors.invertible_1x1_conv import Invertible1x1Conv
 from tfp_nice.bijectors.squeeze import Squeeze
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "BatchNorm",
     "DiagonalScale",
     "FactorOut",
+    "Invertible1x1Conv",
     "Squeeze",
 ]

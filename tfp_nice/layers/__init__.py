@@ -12,9 +12,11 @@ so Keras sees, trains, checkpoints and serialises every weight.
   :class:`LogScale` — a free log-scale weight (NICE's diagonal scaling).
 * :class:`ActNormLayer`, :class:`BatchNormLayer` — the weights (and moving statistics) of the
   ActNorm and batch-norm bijectors.
+* :class:`Invertible1x1ConvLayer` — the LU factors of Glow's invertible 1x1 convolution.
 """
 
 from tfp_nice.layers.conditioners import ConvConditioner, MLPConditioner
+from tfp_nice.layers.invertible import Invertible1x1ConvLayer
 from tfp_nice.layers.normalization import ActNormLayer, BatchNormLayer
 from tfp_nice.layers.resnet import ResNetConditioner, WeightNormConv2D
 from tfp_nice.layers.scales import LogScale, TanhScale
@@ -28,4 +30,5 @@ __all__ = [
     "ConvConditioner",
     "ActNormLayer",
     "BatchNormLayer",
+    "Invertible1x1ConvLayer",
 ]

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
-import numpy as np
-import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_nice import layers, masks, priors
@@ -20,7 +16,7 @@ from tfp_nice.bijectors import (
     Squeeze,
 )
 from tfp_nice.presets._common import Preset, check_logit, data_steps, preset_event_shape
-from tfp_nice.presets._multiscale import latent_scale_labels
+from tfp_nice.presets._multiscale import MultiScale
 
 tfb = tfp.bijectors
 
@@ -78,7 +74,7 @@ def _scale_steps(hwc: list, i: int, hp: dict) -> list:
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class RealNVPImage(Preset):
+class RealNVPImage(MultiScale, Preset):
     """RealNVP's multi-scale architecture for images [2] §3.6, §4.1.
 
     From the data side, each scale ``i`` of an ``[h, w, c]`` image (``h, w`` halve and ``c``
@@ -181,23 +177,3 @@ class RealNVPImage(Preset):
     @property
     def num_scales(self) -> int:
         return self._preset_config["num_scales"]
-
-    def latent_scales(self) -> np.ndarray:
-        """Which scale each latent unit belongs to: an int array of the event shape.
-
-        ``0`` marks the units factored out after the first scale (fine detail), ...,
-        ``num_scales - 1`` the units that went through every scale (coarse structure).
-        """
-        return latent_scale_labels(self.steps, self.event_shape)
-
-    def resample_scale(self, z, scale: int, seed: Any = None, temperature: float = 1.0):
-        """Decodes latents ``z`` with the units of one scale redrawn from ``T · N(0, I)``.
-
-        A grid of these shows what each scale encodes (RealNVP [2] Fig. 6): redrawing the last
-        scale changes the global shape, redrawing scale 0 only local detail.
-        """
-        z = self._check_x(z, "z")
-        where = tf.constant(self.latent_scales() == int(scale))
-        fresh = self.base_distribution.sample(tf.shape(z)[0], seed=seed)
-        fresh = fresh * tf.cast(temperature, fresh.dtype)
-        return self.bijector.forward(tf.where(where, fresh, z))

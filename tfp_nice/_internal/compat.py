@@ -37,6 +37,7 @@ __all__ = [
     "store_forward_log_det",
     "store_inverse_log_det",
     "tf_variable",
+    "variable_refs",
 ]
 
 
@@ -132,6 +133,17 @@ def tf_variable(v: Any) -> tf.Variable:
     if not isinstance(v, tf.Variable):
         raise TypeError(f"Not a tf.Variable or a Keras variable: {v!r}")
     return v
+
+
+def variable_refs(v: Any) -> set:
+    """The ``ref()`` keys of a Keras or TF variable: its ``tf.Variable`` and, for a
+    ``tf.distribute`` variable, each per-replica component (``.values``)."""
+    tv = tf_variable(v)
+    refs = {tv.ref()}
+    for component in getattr(tv, "values", None) or ():
+        if isinstance(component, tf.Variable):
+            refs.add(component.ref())
+    return refs
 
 
 class Untracked:

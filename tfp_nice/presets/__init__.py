@@ -2,11 +2,16 @@
 
 * :class:`NICE` — additive couplings, diagonal scaling, logistic prior (arXiv:1410.8516);
 * :class:`RealNVP` — affine couplings on vectors (arXiv:1605.08803);
-* :class:`RealNVPImage` — RealNVP's multi-scale image architecture.
+* :class:`RealNVPImage` — RealNVP's multi-scale image architecture;
+* :class:`NSF` — neural spline flow: rational-quadratic spline couplings on vectors
+  (arXiv:1906.04032).
+
+Every preset takes ``num_classes`` (or ``context_shape``) for a conditional flow.
 """
 
 from tfp_nice.presets.nice import NICE
+from tfp_nice.presets.nsf import NSF
 from tfp_nice.presets.realnvp import RealNVP
 from tfp_nice.presets.realnvp_image import RealNVPImage
 
-__all__ = ["NICE", "RealNVP", "RealNVPImage"]
+__all__ = ["NICE", "NSF", "RealNVP", "RealNVPImage"]

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_nice import graph
-from tfp_nice.bijectors import FactorOut
+from tfp_nice.bijectors import ContextAffine, FactorOut
 
 __all__ = ["latent_scale_labels"]
 
@@ -19,9 +19,11 @@ def latent_scale_labels(steps: Sequence, latent_shape: Sequence[int]) -> np.ndar
     Reads the layout off the steps themselves: the units a :class:`FactorOut` factors out
     belong to its scale ``i``, those its inner flow keeps to scale ``i + 1`` (recursively),
     and the shape steps between the FactorOut and the latent (squeezes) carry the labels to
-    latent positions. A flow without a FactorOut is one scale.
+    latent positions. A flow without a FactorOut is one scale. An elementwise
+    :class:`~tfp_nice.ContextAffine` prior moves no unit and is left out.
     """
-    return _labels(graph.flatten_chains(steps), list(latent_shape), 0).astype(np.int32)
+    steps = [b for b in graph.flatten_chains(steps) if not isinstance(b, ContextAffine)]
+    return _labels(steps, list(latent_shape), 0).astype(np.int32)
 
 
 def _labels(steps: list, latent_shape: list, scale: int) -> np.ndarray:

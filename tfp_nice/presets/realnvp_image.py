@@ -19,7 +19,13 @@ from tfp_nice.bijectors import (
     FactorOut,
     Squeeze,
 )
-from tfp_nice.presets._common import Preset, check_logit, data_steps, preset_event_shape
+from tfp_nice.presets._common import (
+    Conditioning,
+    Preset,
+    check_logit,
+    data_steps,
+    preset_event_shape,
+)
 from tfp_nice.presets._multiscale import latent_scale_labels
 
 tfb = tfp.bijectors
@@ -49,10 +55,12 @@ def _couplings(first: masks.Mask, count: int, width: int, prefix: str, hp: dict)
         if hp["coupling"] == "affine":
             net = _net(hp["conditioner"], 2 * c, width, hp["num_blocks"], hp["l2"], f"{name}_net")
             steps.append(AffineCoupling(net, mask=m, scale=hp["scale"],
-                                        conditioner_input="masked", name=name))
+                                        conditioner_input="masked", name=name,
+                                        conditional=hp["conditional"]))
         else:
             net = _net(hp["conditioner"], c, width, hp["num_blocks"], hp["l2"], f"{name}_net")
-            steps.append(AdditiveCoupling(net, mask=m, conditioner_input="masked", name=name))
+            steps.append(AdditiveCoupling(net, mask=m, conditioner_input="masked", name=name,
+                                          conditional=hp["conditional"]))
         if hp["normalization"] == "batch_norm":
             steps.append(BatchNorm(channels=c, name=f"{name}_batch_norm"))
         elif hp["normalization"] == "act_norm":
@@ -120,6 +128,13 @@ class RealNVPImage(Preset):
       l2: L2 penalty on the weight-norm gains (RealNVP: ``5e-5``); it is added to the loss.
       prior: ``"normal"`` (the paper) or ``"logistic"``.
       data_scale, data_low, logit_alpha: preprocessing as in :class:`RealNVP`.
+      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
+        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
+      context_shape: a vector context's shape ``[k]``.
+      conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
+        it, as constant feature maps), ``"prior"`` (a learned per-class latent mean and
+        scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`; shared couplings) or
+        ``"both"``.
       **kwargs: ``keras.Model`` arguments.
 
     Example:
@@ -146,9 +161,13 @@ class RealNVPImage(Preset):
         data_scale: float | None = None,
         data_low: float = 0.0,
         logit_alpha: float | None = None,
+        num_classes: int | None = None,
+        context_shape=None,
+        conditioning: str = "couplings",
         **kwargs,
     ):
         shape = preset_event_shape(event_shape)
+        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
         if len(shape) != 3:
             raise ValueError(
                 "RealNVPImage: `event_shape` must be [height, width, channels]. "
@@ -171,11 +190,13 @@ class RealNVPImage(Preset):
                 f"divisible by 2**(num_scales - 1) = {div}. Received: event_shape={list(shape)}"
             )
         check_logit(logit_alpha, data_scale)
-        steps = data_steps(data_scale, data_low, logit_alpha) + _scale_steps(list(shape), 0, hp)
-        super().__init__(priors.get(prior, list(shape)), steps, **kwargs)
+        steps = data_steps(data_scale, data_low, logit_alpha) + _scale_steps(
+            list(shape), 0, dict(hp, conditional=cond.couplings))
+        steps += cond.prior_steps(list(shape))
+        super().__init__(priors.get(prior, list(shape)), steps, **cond.model_kwargs(), **kwargs)
         self._preset_config = dict(
             event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
-            data_low=data_low, logit_alpha=logit_alpha,
+            data_low=data_low, logit_alpha=logit_alpha, **cond.config(),
         )
 
     @property
@@ -190,14 +211,17 @@ class RealNVPImage(Preset):
         """
         return latent_scale_labels(self.steps, self.event_shape)
 
-    def resample_scale(self, z, scale: int, seed: Any = None, temperature: float = 1.0):
+    def resample_scale(self, z, scale: int, seed: Any = None, temperature: float = 1.0,
+                       context=None):
         """Decodes latents ``z`` with the units of one scale redrawn from ``T · N(0, I)``.
 
         A grid of these shows what each scale encodes (RealNVP [2] Fig. 6): redrawing the last
-        scale changes the global shape, redrawing scale 0 only local detail.
+        scale changes the global shape, redrawing scale 0 only local detail. A conditional
+        model decodes at ``context``.
         """
         z = self._check_x(z, "z")
         where = tf.constant(self.latent_scales() == int(scale))
         fresh = self.base_distribution.sample(tf.shape(z)[0], seed=seed)
         fresh = fresh * tf.cast(temperature, fresh.dtype)
-        return self.bijector.forward(tf.where(where, fresh, z))
+        z = tf.where(where, fresh, z)
+        return self.bijector.forward(z, **self._condition(context, z, len(self.event_shape)))

@@ -177,11 +177,14 @@ def half(
     else:
         arg, value = "num_masked", num_masked
     if isinstance(num_masked, bool) or not isinstance(num_masked, (int, np.integer)):
-        raise TypeError(f"`num_masked` must be an int. Received: num_masked={num_masked!r}")
+        raise TypeError(
+            f"`num_masked` must be an integer. Received: num_masked={num_masked!r}")
     if d < 2 or not 1 <= abs(num_masked) <= d - 1:
+        too_many = (f"Number of masked units {num_masked} must be smaller than the event size "
+                    f"{d}: " if abs(num_masked) >= d else "")  # tfb.RealNVP's words
         raise ValueError(
-            f"`{arg}` must select between 1 and D - 1 = {d - 1} units of an event of size "
-            f"D = {d} (negative values select the last units). Received: {arg}={value!r}"
+            f"{too_many}`{arg}` must select between 1 and D - 1 = {d - 1} units of an event of "
+            f"size D = {d} (negative values select the last units). Received: {arg}={value!r}"
             + (f" (= {num_masked} units)" if arg == "fraction_masked" else "")
         )
     pattern = np.zeros([d], dtype=bool)

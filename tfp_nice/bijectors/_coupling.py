@@ -127,7 +127,8 @@ class CouplingBase(tfb.Bijector):
             return masks_lib.as_mask(mask)
         if num_masked is not None and not is_int(num_masked):
             raise TypeError(
-                f"{self._owner}: `num_masked` must be an int. Received: num_masked={num_masked!r}"
+                f"{self._owner}: `num_masked` must be an integer. "
+                f"Received: num_masked={num_masked!r}"
             )
         if num_masked == 0:
             raise ValueError(

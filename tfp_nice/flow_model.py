@@ -28,7 +28,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_nice import _context, graph, reversible, serialization
-from tfp_nice._classifier import BayesClassifierMixin
+from tfp_nice._conditional import ConditionalMixin
 from tfp_nice._internal import compat
 from tfp_nice.bijectors import ActNorm
 from tfp_nice.bijectors.act_norm import data_initialization
@@ -40,7 +40,7 @@ __all__ = ["FlowModel"]
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class FlowModel(BayesClassifierMixin, keras.Model):
+class FlowModel(ConditionalMixin, keras.Model):
     """A normalizing flow as a Keras model: ``call(x)`` is the per-example NLL.
 
     Args:
@@ -171,41 +171,6 @@ class FlowModel(BayesClassifierMixin, keras.Model):
                     f"a trainable variable `{hidden[0].name}` that Keras cannot see (for "
                     "example a Keras layer used inside a Python callable FlowModel cannot "
                     "search, or a tf.Variable held by a tf.Module)")
-
-    # --- the context ---------------------------------------------------------------------
-    @property
-    def conditional(self) -> bool:
-        """Whether the flow models ``p(x | context)``."""
-        return self._context is not None
-
-    @property
-    def num_classes(self) -> int | None:
-        """``K`` for a class-conditional flow, else ``None``."""
-        return None if self._context is None else self._context.num_classes
-
-    @property
-    def context_shape(self) -> tuple[int, ...] | None:
-        """The vector context's shape ``(k,)``, else ``None``."""
-        return None if self._context is None else self._context.context_shape
-
-    def _condition(self, context, x: tf.Tensor, event_ndims: int, arg: str = "context",
-                   bijector=None) -> dict:
-        """The keyword arguments carrying ``context`` to the steps of ``bijector`` (default
-        the flow's) that take it; ``{}`` for an unconditional flow (or part of one)."""
-        bijector = self.bijector if bijector is None else bijector
-        if self._context is None:
-            if context is not None:
-                raise ValueError(
-                    f"FlowModel: `{arg}` was given but the flow is not conditional (build it "
-                    f"with num_classes or context_shape). Received: {arg} of type "
-                    f"{type(context).__name__}"
-                )
-            return {}
-        if context is None and not graph.route_condition(
-                bijector, {_context.CONTEXT_KEY: None}):
-            return {}  # no step of this part takes the context
-        c = self._context.condition(context, x, event_ndims, arg)
-        return graph.route_condition(bijector, {_context.CONTEXT_KEY: c})
 
     # --- the flow ----------------------------------------------------------------------------
     @property
@@ -411,13 +376,6 @@ class FlowModel(BayesClassifierMixin, keras.Model):
             config["memory_saving"] = True
         config.update(self._context_config())
         return config
-
-    def _context_config(self) -> dict:
-        if self._context is None:
-            return {}
-        if self._context.num_classes is not None:
-            return {"num_classes": self._context.num_classes}
-        return {"context_shape": list(self._context.context_shape)}
 
     @classmethod
     def from_config(cls, config: dict) -> FlowModel:

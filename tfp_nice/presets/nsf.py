@@ -72,7 +72,7 @@ class NSF(Preset):
         logit_alpha: float | None = None,
         num_classes: int | None = None,
         context_shape: Sequence[int] | None = None,
-        conditioning: str = "couplings",
+        conditioning: str = "both",
         **kwargs,
     ):
         event_shape = preset_event_shape(event_shape)

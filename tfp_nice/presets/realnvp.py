@@ -49,7 +49,8 @@ class RealNVP(Preset):
       context_shape: a vector context's shape ``[k]``.
       conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
         it), ``"prior"`` (a learned per-class latent mean and scale, FlowGMM, via
-        :class:`~tfp_nice.ContextAffine`; shared couplings) or ``"both"``.
+        :class:`~tfp_nice.ContextAffine`; shared couplings) or ``"both"`` (default: the
+        best on the digits, ``bench/conditioning_digits.md``).
       **kwargs: ``keras.Model`` arguments.
 
     Example:
@@ -75,7 +76,7 @@ class RealNVP(Preset):
         logit_alpha: float | None = None,
         num_classes: int | None = None,
         context_shape: Sequence[int] | None = None,
-        conditioning: str = "couplings",
+        conditioning: str = "both",
         **kwargs,
     ):
         event_shape = preset_event_shape(event_shape)

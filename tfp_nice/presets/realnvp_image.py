@@ -134,7 +134,7 @@ class RealNVPImage(Preset):
       conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
         it, as constant feature maps), ``"prior"`` (a learned per-class latent mean and
         scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`; shared couplings) or
-        ``"both"``.
+        ``"both"`` (default: the best on the digits, ``bench/conditioning_digits.md``).
       **kwargs: ``keras.Model`` arguments.
 
     Example:
@@ -163,7 +163,7 @@ class RealNVPImage(Preset):
         logit_alpha: float | None = None,
         num_classes: int | None = None,
         context_shape=None,
-        conditioning: str = "couplings",
+        conditioning: str = "both",
         **kwargs,
     ):
         shape = preset_event_shape(event_shape)

@@ -1,4 +1,9 @@
-"""A class-conditional flow as a Bayes classifier: ``argmax_c log p(x | c) + log p(c)``."""
+"""What a conditional :class:`tfp_nice.FlowModel` adds: its context, and the Bayes classifier.
+
+* the context (``num_classes`` labels or a ``context_shape`` vector) routed to the steps as the
+  condition keyword ``context`` (:meth:`ConditionalMixin._condition`);
+* a class-conditional flow as a Bayes classifier ``argmax_c log p(x | c) + log p(c)``.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,61 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["BayesClassifierMixin"]
+from tfp_nice import _context, graph
+
+__all__ = ["ConditionalMixin"]
 
 
-class BayesClassifierMixin:
-    """Methods of :class:`tfp_nice.FlowModel` for class-conditional flows (``num_classes=K``).
+class ConditionalMixin:
+    """Methods of :class:`tfp_nice.FlowModel` for conditional flows.
 
-    The class prior ``log p(c)`` is a non-trainable weight (uniform until
-    :meth:`set_class_prior`), saved with the model.
+    Expects ``self._context`` (a :class:`~tfp_nice._context.ContextSpec` or ``None``) and
+    ``self.bijector``. The class prior ``log p(c)`` of a class-conditional flow is a
+    non-trainable weight (uniform until :meth:`set_class_prior`), saved with the model.
     """
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the flow models ``p(x | context)``."""
+        return self._context is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` for a class-conditional flow, else ``None``."""
+        return None if self._context is None else self._context.num_classes
+
+    @property
+    def context_shape(self) -> tuple[int, ...] | None:
+        """The vector context's shape ``(k,)``, else ``None``."""
+        return None if self._context is None else self._context.context_shape
+
+    def _condition(self, context, x: tf.Tensor, event_ndims: int, arg: str = "context",
+                   bijector=None) -> dict:
+        """The keyword arguments carrying ``context`` to the steps of ``bijector`` (default
+        the flow's) that take it; ``{}`` for an unconditional flow (or part of one)."""
+        bijector = self.bijector if bijector is None else bijector
+        if self._context is None:
+            if context is not None:
+                raise ValueError(
+                    f"FlowModel: `{arg}` was given but the flow is not conditional (build it "
+                    f"with num_classes or context_shape). Received: {arg} of type "
+                    f"{type(context).__name__}"
+                )
+            return {}
+        if context is None and not graph.route_condition(
+                bijector, {_context.CONTEXT_KEY: None}):
+            return {}  # no step of this part takes the context
+        c = self._context.condition(context, x, event_ndims, arg)
+        return graph.route_condition(bijector, {_context.CONTEXT_KEY: c})
+
+    def _context_config(self) -> dict:
+        if self._context is None:
+            return {}
+        if self._context.num_classes is not None:
+            return {"num_classes": self._context.num_classes}
+        return {"context_shape": list(self._context.context_shape)}
+
+    # --- the Bayes classifier ------------------------------------------------------------
 
     def _init_classifier(self) -> None:
         self.class_log_prior = None

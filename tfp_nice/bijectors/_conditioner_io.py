@@ -122,7 +122,7 @@ def output_shape_error(outs: tuple, rows, expected: dict, num_parameters: int,
     u = expected[k]
     for o in outs:
         if o is None:
-            if k != num_parameters or num_parameters == 1:
+            if spatial or k != num_parameters or num_parameters == 1:
                 return "none"
             continue
         shape = tuple(o.shape)

@@ -47,6 +47,17 @@ def generic_flow():
     return randomize(tn.FlowModel(tn.priors.standard_normal([3]), steps))
 
 
+def glow():
+    """A tiny Glow (ActNorm initialised from data, every weight then moved off its start)."""
+    model = tn.Glow([8, 8, 1], num_levels=2, num_steps=2, filters=8, data_scale=17.0,
+                    logit_alpha=0.05)
+    rng = np.random.default_rng(4)
+    model.initialize_from_data(rng.integers(0, 17, [64, 8, 8, 1]).astype("float32") + 0.5)
+    for v in model.trainable_variables:
+        v.assign(v.numpy() + 0.05 * rng.standard_normal(v.shape).astype(v.dtype))
+    return model
+
+
 # name -> (factory, data spec, raw-input generator)
 CASES = {
     "nice_digits": (nice_digits, DIGITS,
@@ -54,6 +65,7 @@ CASES = {
     "realnvp_image": (realnvp_image, {"name": "img", "event_shape": [4, 4, 1],
                                       "num_levels": None, "low": 0.0, "high": 1.0},
                       lambda rng, n: rng.uniform(0, 1, [n, 4, 4, 1]).astype("float32")),
+    "glow": (glow, DIGITS, lambda rng, n: rng.integers(0, 17, [n, 8, 8, 1]).astype("float32")),
     "generic": (generic_flow, None, lambda rng, n: rng.normal(0, 1, [n, 3]).astype("float32")),
 }
 

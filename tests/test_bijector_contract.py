@@ -6,6 +6,7 @@ checks exercise the real transform, not the identity a fresh coupling starts as.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -123,6 +124,58 @@ def _glow_step(coupling="affine"):
     return chain
 
 
+def _spline(mask=None, dtype=F64, **split):
+    net = tn.MLPConditioner(None, (16, 16), activation="tanh", zero_init_output=False,
+                            dtype=dtype)
+    return tn.SplineCoupling(net, mask=mask, num_bins=4, bound=2.5, **split)
+
+
+def _masked_spline(mask):
+    net = tn.ResNetConditioner(filters=8, num_blocks=1, zero_init_output=False, dtype=F64)
+    return tn.SplineCoupling(net, mask=mask, num_bins=3, bound=2.5, conditioner_input="masked")
+
+
+@keras.saving.register_keras_serializable(package="tests")
+def gated_bijector(h):
+    """A gated elementwise map: ``y2 = g x2 + (1 - g) t`` (a ``tn.Coupling`` Keras form)."""
+    shift, logit = tf.split(h, 2, axis=-1)
+    gate = tf.sigmoid(logit + 1.0)
+    return tfb.Shift((1.0 - gate) * shift)(tfb.Scale(gate))
+
+
+def _gated(mask=None, **split):
+    return tn.Coupling(gated_bijector, mask=mask, conditioner=_mlp(None), units_per_dim=2, **split)
+
+
+def _tfp_form():
+    """TFP's ``bijector_fn(x1)`` contract, with a Keras layer in the function's closure."""
+    net = _mlp(6)
+
+    def bijector_fn(x1):  # x1 keeps the batch shape of x: [..., 2], [2] for one event
+        h = net(x1[tf.newaxis])[0] if x1.shape.rank == 1 else net(x1)
+        shift, log_scale = tf.split(h, 2, axis=-1)
+        return tfb.Shift(shift)(tfb.Scale(log_scale=tf.tanh(log_scale)))
+
+    return tn.Coupling(bijector_fn, num_masked=2)
+
+
+def _context_affine(shape):
+    size = int(np.prod(shape))
+    net = tn.MLPConditioner(2 * size, (), zero_init_output=False, dtype=F64)
+    return tn.ContextAffine(shape, conditioner=net)
+
+
+def _conditional(kind):
+    """Couplings whose conditioner also sees a context (CONDITIONS)."""
+    if kind == "affine":
+        return _affine(num_masked=2)
+    if kind == "spline":
+        return _spline(num_masked=-2)
+    net = tn.ResNetConditioner(filters=8, num_blocks=1, zero_init_output=False, dtype=F64)
+    b = tn.AffineCoupling(net, mask=masks.checkerboard(IMG), conditioner_input="masked")
+    return _set_tanh_scale(b, masks.checkerboard(IMG).num_transformed)
+
+
 IMG = [4, 4, 2]
 FACTORIES = {
     # name: (factory, event_shape)
@@ -163,31 +216,66 @@ FACTORIES = {
     "invertible_1x1_conv-vector": (lambda: _conv_1x1(5, event_ndims=1), [5]),
     "glow-step-affine": (_glow_step, IMG),
     "glow-step-additive": (lambda: _glow_step("additive"), IMG),
+    "spline-num_masked": (lambda: _spline(num_masked=2), [5]),
+    "spline-fraction_masked-negative": (lambda: _spline(fraction_masked=-0.6), [5]),
+    "spline-even_odd": (lambda: _spline(mask=masks.even_odd(5)), [5]),
+    "spline-checkerboard": (lambda: _spline(mask=masks.checkerboard(IMG, "odd")), IMG),
+    "masked-spline-channel-resnet": (lambda: _masked_spline(masks.channel(IMG)), IMG),
+    "coupling-keras-gated": (lambda: _gated(num_masked=2), [5]),
+    "coupling-keras-gated-even_odd": (lambda: _gated(mask=masks.even_odd(5, "odd")), [5]),
+    "coupling-tfp-bijector_fn": (_tfp_form, [5]),
+    "conditional-affine": (lambda: _conditional("affine"), [5]),
+    "conditional-spline": (lambda: _conditional("spline"), [5]),
+    "conditional-masked-affine-resnet": (lambda: _conditional("masked"), IMG),
+    "context_affine-vector": (lambda: _context_affine([5]), [5]),
+    "context_affine-image": (lambda: _context_affine(IMG), IMG),
 }
+
+#: Condition keyword arguments for the conditional factories: one context [3] for all rows.
+_CONTEXT = {"context": np.array([0.3, -0.2, 0.5])}
+CONDITIONS = {name: _CONTEXT for name in FACTORIES
+              if name.startswith(("conditional-", "context_affine-"))}
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_bijector_passes_conformance_kit_in_float64(name):
     factory, event_shape = FACTORIES[name]
-    testing.check_bijector(factory(), event_shape, dtype=tf.float64, scale=1.5)
+    testing.check_bijector(factory(), event_shape, dtype=tf.float64, scale=1.5,
+                           condition=CONDITIONS.get(name))
 
 
 @pytest.mark.parametrize("name", ["affine-tanh", "additive-checkerboard", "diagonal_scale-image",
                                   "multiscale-block", "batch_norm-inference",
-                                  "invertible_1x1_conv-image-4-channels", "glow-step-affine"])
+                                  "invertible_1x1_conv-image-4-channels", "glow-step-affine",
+                                  "spline-num_masked", "coupling-keras-gated",
+                                  "conditional-spline"])
 def test_inverse_log_det_matches_autodiff_within_1e_10(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((6,), event_shape, tf.float64, seed=7, scale=2.0)
-    testing.assert_log_det_matches_autodiff(factory(), x, len(event_shape), atol=1e-10, rtol=0)
+    testing.assert_log_det_matches_autodiff(factory(), x, len(event_shape), atol=1e-10, rtol=0,
+                                            condition=CONDITIONS.get(name))
 
 
 @pytest.mark.parametrize("name", ["affine-tanh", "affine-exp", "additive-num_masked",
-                                  "invertible_1x1_conv-image", "glow-step-affine"])
+                                  "invertible_1x1_conv-image", "glow-step-affine",
+                                  "spline-num_masked", "masked-spline-channel-resnet",
+                                  "coupling-keras-gated", "coupling-tfp-bijector_fn",
+                                  "context_affine-vector"])
 def test_transform_is_not_the_identity_so_the_checks_are_meaningful(name):
     factory, event_shape = FACTORIES[name]
     x = testing.random_input((4,), event_shape, tf.float64)
-    y = factory().forward(x)
+    y = factory().forward(x, **CONDITIONS.get(name, {}))
     assert np.max(np.abs(y - x)) > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(CONDITIONS))
+def test_conditional_transform_depends_on_the_context(name):
+    factory, event_shape = FACTORIES[name]
+    b = factory()
+    x = testing.random_input((4,), event_shape, tf.float64)
+    y0 = b.forward(x, context=np.zeros(3))
+    y1 = b.forward(tf.identity(x), **CONDITIONS[name])
+    assert np.max(np.abs(y1 - y0)) > 1e-3
 
 
 def test_additive_log_det_is_exactly_zero_but_jacobian_not_constant():
@@ -269,18 +357,22 @@ def test_float32_conditioner_on_float64_data_returns_float64():
                                   "masked-affine-checkerboard-resnet",
                                   "masked-additive-checkerboard-conv", "squeeze-checkerboard",
                                   "act_norm-image", "batch_norm-inference", "factor_out",
-                                  "invertible_1x1_conv-image", "invertible_1x1_conv-vector"])
+                                  "invertible_1x1_conv-image", "invertible_1x1_conv-vector",
+                                  "spline-fraction_masked-negative",
+                                  "masked-spline-channel-resnet", "coupling-keras-gated",
+                                  "conditional-affine", "context_affine-image"])
 def test_bijector_config_round_trip(name):
     factory, event_shape = FACTORIES[name]
     b = factory()
+    c = CONDITIONS.get(name, {})
     x = testing.random_input((3,), event_shape, tf.float64)
-    y = b.forward(x)
+    y = b.forward(x, **c)
     clone = type(b).from_config(b.get_config())
     assert type(clone) is type(b) and clone.name == b.name
-    clone.forward(x)  # builds the cloned layers; then copy the weights: outputs must agree
+    clone.forward(x, **c)  # builds the cloned layers; then copy the weights: outputs must agree
     assert len(clone.keras_layers) == len(b.keras_layers)
     for src, dst in zip(b.keras_layers, clone.keras_layers):
         assert type(src) is type(dst) and len(src.weights) == len(dst.weights) > 0
         for vs, vd in zip(src.weights, dst.weights):
             vd.assign(vs)
-    np.testing.assert_allclose(clone.forward(x), y, rtol=1e-12)
+    np.testing.assert_allclose(clone.forward(x, **c), y, rtol=1e-12)

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfp_nice as tn
-from tfp_nice import export, testing
+from tfp_nice import testing
 from tfp_nice._internal import compat
 from tfp_nice.layers.invertible import random_rotation_lu
 
@@ -270,46 +270,6 @@ def test_glow_samples_at_temperature_and_redraws_one_scale():
     again = model.encode(model.resample_scale(z, scale=0, seed=(3, 4)))
     np.testing.assert_allclose(np.asarray(again)[:, ~fine], np.asarray(z)[:, ~fine], atol=1e-3)
     assert np.abs(np.asarray(again)[:, fine] - np.asarray(z)[:, fine]).max() > 0.1
-
-
-def test_glow_exports_for_serving_and_runs_in_the_tf2_and_tf1_loaders(tmp_path):
-    model = _tiny_glow()
-    x = np.random.default_rng(4).integers(0, 17, [64, 8, 8, 1]).astype("float32")
-    model.initialize_from_data(x + 0.5)
-    _perturb(model)
-    data = {"name": "digits", "event_shape": [8, 8, 1], "num_levels": 17, "low": 0.0,
-            "high": 16.0}
-    path = export.save_for_serving(model, tmp_path / "glow", data=data, warmup=False)
-    want_lp = model.log_prob(x[:5] + 0.5).numpy()
-    want_sample = model.sample(3, seed=tf.constant([7, 8]), temperature=0.7).numpy()
-    sig = tf.saved_model.load(path).signatures
-    np.testing.assert_allclose(sig["log_prob"](x=tf.constant(x[:5]))["log_prob"], want_lp,
-                               rtol=1e-5)
-    got = sig["sample"](n=tf.constant(3), seed=tf.constant([7, 8]),
-                        temperature=tf.constant(0.7))["x_continuous"]
-    np.testing.assert_allclose(got, want_sample, rtol=1e-4, atol=1e-4)
-    z = sig["encode"](x=tf.constant(x[:5]))["z"]
-    np.testing.assert_array_equal(sig["decode"](z=z)["x"], x[:5])
-    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:  # TF Serving's loader
-        meta_graph = tf.compat.v1.saved_model.load(sess, ["serve"], path)
-        lp = meta_graph.signature_def["log_prob"]
-        got = sess.run(lp.outputs["log_prob"].name, {lp.inputs["x"].name: x[:5]})
-        np.testing.assert_allclose(got, want_lp, rtol=1e-5)
-        sample = meta_graph.signature_def["sample"]
-        got = sess.run(sample.outputs["x_continuous"].name, {
-            sample.inputs["n"].name: np.int32(3), sample.inputs["seed"].name: [7, 8],
-            sample.inputs["temperature"].name: np.float32(0.7)})
-        np.testing.assert_allclose(got, want_sample, rtol=1e-4, atol=1e-4)
-    bits = sig["log_prob"](x=tf.constant(x[:5]))["bits_per_dim"].numpy()
-    np.testing.assert_allclose(bits, -want_lp / (64 * math.log(2)), rtol=1e-5)
-    # `saved_model_cli run` (the code behind the command), here for the log_prob signature
-    from tensorflow.python.tools import saved_model_cli
-
-    np.save(tmp_path / "x.npy", x[:5])
-    feeds = saved_model_cli.load_inputs_from_input_arg_string(f"x={tmp_path / 'x.npy'}", "", "")
-    saved_model_cli.run_saved_model_with_feed_dict(path, "serve", "log_prob", feeds,
-                                                   str(tmp_path / "cli"), True)
-    np.testing.assert_allclose(np.load(tmp_path / "cli" / "log_prob.npy"), want_lp, rtol=1e-5)
 
 
 def test_image_quality_bench_trains_glow_on_28x28_images(tmp_path):

@@ -56,3 +56,15 @@ def test_readme_glow_example_trains_and_samples_at_temperature():
     assert all(a.layer.is_initialized for a in glow.steps if isinstance(a, tn.ActNorm))
     assert glow.sample(2, seed=(1, 2), temperature=0.7).shape == (2, 8, 8, 1)
     assert np.isfinite(glow.log_prob(namespace["x"][:8]).numpy()).all()
+
+
+def test_readme_conditional_example_trains_classifies_and_round_trips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_block("num_classes=10"), "README.md", "exec"), namespace)  # noqa: S102
+    model, x, y = namespace["cond_model"], namespace["x"], namespace["y"]
+    assert model.num_classes == 10
+    assert np.mean(model.classify(x[1500:]).numpy() == y[1500:]) > 0.5  # 10 classes: chance 0.1
+    loaded = keras.models.load_model(tmp_path / "conditional.keras")
+    np.testing.assert_array_equal(loaded.log_prob(x[:8], y[:8]), model.log_prob(x[:8], y[:8]))
+    np.testing.assert_array_equal(loaded.class_log_prior, model.class_log_prior)

@@ -19,6 +19,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AdditiveCoupling": "tfp_nice.bijectors",
     "AffineCoupling": "tfp_nice.bijectors",
+    "Coupling": "tfp_nice.bijectors",
+    "ContextAffine": "tfp_nice.bijectors",
+    "SplineCoupling": "tfp_nice.bijectors",
     "DiagonalScale": "tfp_nice.bijectors",
     "ActNorm": "tfp_nice.bijectors",
     "BatchNorm": "tfp_nice.bijectors",
@@ -27,6 +30,7 @@ _EXPORTS = {
     "Invertible1x1Conv": "tfp_nice.bijectors",
     "FlowModel": "tfp_nice.flow_model",
     "NICE": "tfp_nice.presets",
+    "NSF": "tfp_nice.presets",
     "RealNVP": "tfp_nice.presets",
     "RealNVPImage": "tfp_nice.presets",
     "Glow": "tfp_nice.presets",

@@ -16,12 +16,15 @@ Notation (TFP's direction: ``forward`` maps latent -> data):
 * squeeze (RealNVP): ``[H, W, C] -> [H/2, W/2, 4C]``, a permutation (log-det ``0``);
 * invertible 1x1 convolution (Glow): ``y = x W`` over the channels, ``W = P L (U + diag(s))``,
   log-det ``H * W * sum(log|s|)``.
+* rational-quadratic spline (neural spline flows [5]): a monotone spline with ``K`` bins on
+  ``[-B, B]`` per unit, the identity outside, log-det ``sum(log dy/dx)`` over the units.
 
 References:
   [1] Dinh, Krueger, Bengio. NICE: Non-linear Independent Components Estimation. arXiv:1410.8516.
   [2] Dinh, Sohl-Dickstein, Bengio. Density estimation using Real NVP. arXiv:1605.08803.
   [3] Gomez, Ren, Urtasun, Grosse. The Reversible Residual Network. arXiv:1707.04585.
   [4] Kingma, Dhariwal. Glow. arXiv:1807.03039 (the ``sigmoid(h + 2)`` scale).
+  [5] Durkan, Bekasov, Murray, Papamakarios. Neural Spline Flows. arXiv:1906.04032.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 __all__ = [
     "STABILISERS",
     "additive_forward",
+    "broadcast_like",
     "additive_inverse",
     "affine_forward",
     "affine_inverse",
@@ -61,6 +66,8 @@ __all__ = [
     "lu_weight",
     "lu_inverse_weight",
     "channel_matmul",
+    "rational_quadratic_spline",
+    "spline_parameters",
 ]
 
 #: Names accepted by :func:`stabilise_log_scale`.
@@ -144,14 +151,23 @@ def additive_inverse(y2: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     return y2 - shift
 
 
+def broadcast_like(t: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """``t`` broadcast against ``x`` (``t`` itself when the static shapes already agree)."""
+    if t.shape.rank is not None and t.shape.as_list() == x.shape.as_list():
+        return t
+    return tf.broadcast_to(t, tf.broadcast_dynamic_shape(tf.shape(t), tf.shape(x)))
+
+
 def affine_forward(
     x2: tf.Tensor, shift: tf.Tensor, log_scale: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """RealNVP affine coupling, transformed half.
 
     ``y2 = x2 * exp(s) + t``; returns ``(y2, fldj)`` with ``fldj = sum(s)`` over
-    the last axis (the flattened transformed units).
+    the last axis (the flattened transformed units). ``t`` and ``s`` broadcast against
+    ``x2`` (a ``[1]``-shaped ``s`` counts once per unit in the log-det).
     """
+    log_scale = broadcast_like(log_scale, x2)
     y2 = x2 * tf.exp(log_scale) + shift
     return y2, tf.reduce_sum(log_scale, axis=-1)
 
@@ -160,6 +176,7 @@ def affine_inverse(
     y2: tf.Tensor, shift: tf.Tensor, log_scale: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Inverse of :func:`affine_forward`: ``x2 = (y2 - t) * exp(-s)``; returns ``(x2, ildj)``."""
+    log_scale = broadcast_like(log_scale, y2)
     x2 = (y2 - shift) * tf.exp(-log_scale)
     return x2, -tf.reduce_sum(log_scale, axis=-1)
 
@@ -406,3 +423,66 @@ def channel_matmul(x: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
     c = int(weight.shape[0])
     y = tf.matmul(tf.reshape(x, [-1, c]), weight)
     return reshape_to(y, leading_shape(x, 1), [int(weight.shape[1])])
+
+
+# Rational-quadratic splines (Neural Spline Flows [5]) with identity tails.
+# --------------------------------------------------------------------------------------------
+def spline_parameters(
+    raw: tf.Tensor, num_bins: int, bound: float, min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3, min_slope: float = 1e-3,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Raw conditioner outputs ``[..., 3K - 1]`` -> the spline's bins and interior slopes.
+
+    With ``K = num_bins`` and ``raw = [w (K), h (K), d (K - 1)]``::
+
+      widths  = m_w + (2B - K m_w) * softmax(w)       (sum to 2B: the interval [-B, B])
+      heights = m_h + (2B - K m_h) * softmax(h)
+      slopes  = m_d + softplus(d + log(exp(1 - m_d) - 1))
+
+    The shift inside ``softplus`` makes ``raw = 0`` give equal bins and unit slopes: the
+    identity, so a zero-initialised conditioner starts a spline coupling as the identity
+    (the boundary slopes are 1, matching the identity tails).
+
+    Returns:
+      ``(widths [..., K], heights [..., K], slopes [..., K - 1])``.
+    """
+    k = int(num_bins)
+    w, h, d = raw[..., :k], raw[..., k : 2 * k], raw[..., 2 * k :]
+    span = tf.constant(2.0 * bound, raw.dtype)
+
+    def bins(u, minimum):
+        m = tf.constant(minimum, raw.dtype)
+        return m + (span - k * m) * tf.nn.softmax(u, axis=-1)
+
+    m_d = tf.constant(min_slope, raw.dtype)
+    offset = tf.constant(math.log(math.expm1(1.0 - min_slope)), raw.dtype)
+    return bins(w, min_bin_width), bins(h, min_bin_height), m_d + tf.nn.softplus(d + offset)
+
+
+def rational_quadratic_spline(
+    x: tf.Tensor, widths: tf.Tensor, heights: tf.Tensor, slopes: tf.Tensor, bound: float,
+    inverse: bool = False,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``tfb.RationalQuadraticSpline`` on ``[-B, B]``, the identity outside; ``(y, log-det)``.
+
+    Each unit of ``x [..., d]`` has its own spline (``widths``/``heights [..., d, K]``,
+    ``slopes [..., d, K - 1]``). Inputs are clipped to ``[-B, B]`` *before* the spline math and
+    the identity is selected outside, so out-of-bound values (however large) never produce
+    NaN or Inf in the unused branch, in the values or in their gradients (the failure of
+    nflows #62, flowjax #240, bayesflow #759). ``inverse=True`` applies the inverse spline.
+
+    Returns:
+      ``(y, ldj)``: the transformed ``x`` and ``sum(log|dy/dx|)`` over the last axis (for
+      ``inverse=True``, of the inverse map).
+    """
+    b = tf.constant(bound, x.dtype)
+    spline = tfp.bijectors.RationalQuadraticSpline(widths, heights, slopes, range_min=-b)
+    inside = (x > -b) & (x < b)
+    clipped = tf.clip_by_value(x, -b, b)
+    if inverse:
+        y, ldj = spline.inverse(clipped), spline.inverse_log_det_jacobian(clipped, event_ndims=0)
+    else:
+        y, ldj = spline.forward(clipped), spline.forward_log_det_jacobian(clipped, event_ndims=0)
+    y = tf.where(inside, y, x)
+    ldj = tf.where(inside, ldj, tf.zeros([], x.dtype))
+    return y, tf.reduce_sum(ldj, axis=-1)

@@ -9,6 +9,12 @@ data ``x``, so by the change of variables::
 
 ``model(x)`` returns the per-example negative log-likelihood ``-log p(x)`` and
 ``model.fit(x)`` minimises its mean; no ``y`` and no hand-written loop.
+
+A conditional flow ``p(x | c)`` (``num_classes=K`` labels or a ``context_shape=[k]`` vector)
+passes its context to every step that takes one (couplings, :class:`~tfp_nice.ContextAffine`)
+as the condition keyword ``context`` (TFP's ``bijector_kwargs``); ``model((x, c))`` is
+``-log p(x | c)``, ``model.fit(x, labels)`` trains it, and :meth:`FlowModel.classify` is the
+Bayes classifier ``argmax_c log p(x | c) + log p(c)``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import graph, reversible, serialization
+from tfp_nice import _context, graph, reversible, serialization
+from tfp_nice._conditional import ConditionalMixin
 from tfp_nice._internal import compat
 from tfp_nice.bijectors import ActNorm
 from tfp_nice.bijectors.act_norm import data_initialization
@@ -33,7 +40,7 @@ __all__ = ["FlowModel"]
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class FlowModel(keras.Model):
+class FlowModel(ConditionalMixin, keras.Model):
     """A normalizing flow as a Keras model: ``call(x)`` is the per-example NLL.
 
     Args:
@@ -48,13 +55,21 @@ class FlowModel(keras.Model):
         :class:`tfp_nice.reversible.ReversibleFlow` whose backward pass reconstructs
         activations instead of storing them: activation memory flat in depth, about one
         extra forward pass per step, the same gradients (see :mod:`tfp_nice.reversible`).
+      num_classes: make the flow class-conditional, ``p(x | c)`` for integer labels
+        ``c in [0, K)``: every step that takes a condition gets the one-hot label as its
+        ``context`` keyword (``MLPConditioner`` concatenates it to ``x1``, conv conditioners
+        add constant feature maps, :class:`~tfp_nice.ContextAffine` picks a per-class latent
+        mean and scale). Inputs are then pairs: ``model((x, labels))``, ``fit(x, labels)``.
+      context_shape: instead, a vector context ``[k]`` (float ``[batch, k]`` inputs).
       **kwargs: ``keras.Model`` arguments (``name``...).
 
     Raises:
       TypeError: if a step is not a bijector or the base is not a distribution.
       ValueError: if a step holds state Keras cannot train (``tfb.BatchNormalization``'s
-        tf_keras layer, ``tfb.real_nvp_default_template``, a raw ``tf.Variable``), naming
-        the step and why; or if the base event shape is not fully defined.
+        tf_keras layer, ``tfb.real_nvp_default_template``, a raw ``tf.Variable``, or any
+        trainable variable a step reads that Keras cannot see, such as a Keras 3 layer
+        hidden in a callable it cannot search), naming the step and why; if the base event
+        shape is not fully defined; or if a conditional model has no step taking the context.
 
     Example:
       >>> import numpy as np, tensorflow_probability as tfp
@@ -69,7 +84,9 @@ class FlowModel(keras.Model):
       TensorShape([3])
     """
 
-    def __init__(self, base_distribution, steps: Sequence, memory_saving: bool = False, **kwargs):
+    def __init__(self, base_distribution, steps: Sequence, memory_saving: bool = False,
+                 num_classes: int | None = None, context_shape: Sequence[int] | None = None,
+                 **kwargs):
         if not isinstance(base_distribution, tfd.Distribution):
             raise TypeError(
                 "FlowModel: `base_distribution` must be a tfp.distributions.Distribution. "
@@ -99,16 +116,14 @@ class FlowModel(keras.Model):
                 "FlowModel: `base_distribution` must have a fully defined event shape. "
                 f"Received: event_shape={base_event}"
             )
+        self._context = _context.ContextSpec.from_args(num_classes, context_shape)
         found = graph.Ownership()
         graph.collect(base_distribution, "base_distribution", found)
         for i, step in enumerate(steps):
             graph.collect(step, f"steps[{i}]", found)
         if found.foreign:
             path, what = found.foreign[0]
-            idx = path.split("]")[0] + "]" if path.startswith("steps[") else path
-            desc = (f"`{idx}` ({type(steps[int(idx[6:-1])]).__name__})"
-                    if path.startswith("steps[") else "`base_distribution`")
-            raise graph.foreign_state_error(desc, path, what)
+            raise graph.foreign_state_error(_describe(path, steps), path, what)
         # Keras tracks these lists, so it sees, trains and saves every weight.
         self.flow_layers = _unique(found.layers)
         self.flow_variables = _unique(found.variables)
@@ -128,10 +143,34 @@ class FlowModel(keras.Model):
         dist = self._flow.distribution
         self._event_shape = tuple(int(d) for d in dist.event_shape)
         self._flow_dtype = tf.as_dtype(base_distribution.dtype)
+        self._init_classifier()
         # Build every layer now, eagerly (under the active strategy's scope if any), so no
         # variable is first created inside a traced training step.
-        dist.log_prob(tf.zeros((1,) + self._event_shape, self._flow_dtype))
+        self._build_and_check(steps)
         self.built = True
+
+    def _build_and_check(self, steps: list) -> None:
+        """Builds the layers with one pass and refuses variables read but not owned."""
+        condition = {}
+        if self._context is not None:
+            condition = {_context.CONTEXT_KEY: self._context.zeros(self._flow_dtype)}
+            if not graph.route_condition(self.bijector, condition):
+                raise ValueError(
+                    f"FlowModel: {self._context.describe()} makes the flow conditional, but no "
+                    "step takes a condition (tfp_nice couplings and ContextAffine do)."
+                )
+        x = tf.zeros((1,) + self._event_shape, self._flow_dtype)
+        read = graph.read_variables(steps, self._flow.base, x, condition)
+        owned = set().union(*(compat.variable_refs(v) for v in self.trainable_variables))
+        for i, variables in enumerate(read):
+            hidden = [v for v in variables if v.ref() not in owned]
+            if hidden:
+                path = f"steps[{i}]" if i < len(steps) else "base_distribution"
+                raise graph.foreign_state_error(
+                    _describe(path, steps), path,
+                    f"a trainable variable `{hidden[0].name}` that Keras cannot see (for "
+                    "example a Keras layer used inside a Python callable FlowModel cannot "
+                    "search, or a tf.Variable held by a tf.Module)")
 
     # --- the flow ----------------------------------------------------------------------------
     @property
@@ -184,12 +223,21 @@ class FlowModel(keras.Model):
             )
         return tf.cast(x, self._flow_dtype) if x.dtype != self._flow_dtype else x
 
-    def log_prob(self, x) -> tf.Tensor:
-        """``log p(x)`` per example."""
-        return self.distribution.log_prob(self._check_x(x))
+    def log_prob(self, x, context=None) -> tf.Tensor:
+        """``log p(x)`` per example (``log p(x | context)`` for a conditional flow).
 
-    def sample(self, n: int, seed: Any = None, temperature: float = 1.0) -> tf.Tensor:
-        """``n`` samples ``x = f(T · z)``, ``z ~ p_z``.
+        ``context``: integer labels ``[batch]`` (or one label for all) with ``num_classes``;
+        float vectors ``[batch, k]`` (or one ``[k]``) with ``context_shape``.
+        """
+        x = self._check_x(x)
+        kwargs = self._condition(context, x, len(self._event_shape))
+        if not kwargs:
+            return self.distribution.log_prob(x)
+        return self.distribution.log_prob(x, bijector_kwargs=kwargs)
+
+    def sample(self, n: int, seed: Any = None, temperature: float = 1.0,
+               context=None) -> tf.Tensor:
+        """``n`` samples ``x = f(T · z)``, ``z ~ p_z`` (given ``context`` if conditional).
 
         Args:
           n: number of samples.
@@ -197,6 +245,8 @@ class FlowModel(keras.Model):
             the same samples).
           temperature: ``T``; ``T < 1`` draws from the base distribution shrunk towards its
             mode at 0 (Glow's "temperature"), giving cleaner but less diverse samples.
+          context: for a conditional flow, the labels ``[n]`` (or one label for all ``n``)
+            or context vectors ``[n, k]`` (or one ``[k]``) to sample at.
         """
         if isinstance(n, bool) or not (isinstance(n, (int, np.integer)) or tf.is_tensor(n)):
             raise TypeError(f"FlowModel.sample: `n` must be an int >= 0. Received: n={n!r}")
@@ -206,34 +256,45 @@ class FlowModel(keras.Model):
             raise ValueError(
                 f"FlowModel.sample: `temperature` must be > 0. Received: temperature={temperature}"
             )
-        if isinstance(temperature, (int, float)) and temperature == 1.0:
+        if self._context is None and context is None and isinstance(
+                temperature, (int, float)) and temperature == 1.0:
             return self.distribution.sample(n, seed=seed)
         z = self.base_distribution.sample(n, seed=seed)
-        return self.bijector.forward(z * tf.cast(temperature, z.dtype))
+        if not (isinstance(temperature, (int, float)) and temperature == 1.0):
+            z = z * tf.cast(temperature, z.dtype)
+        return self.bijector.forward(z, **self._condition(context, z, self._latent_ndims()))
 
-    def encode(self, x) -> tf.Tensor:
-        """Data -> latent: ``z = f^-1(x)``."""
-        return self.bijector.inverse(self._check_x(x))
+    def _latent_ndims(self) -> int:
+        return len(self.base_distribution.event_shape)
 
-    def decode(self, z) -> tf.Tensor:
+    def encode(self, x, context=None) -> tf.Tensor:
+        """Data -> latent: ``z = f^-1(x)`` (``f^-1(x; context)`` if conditional)."""
+        x = self._check_x(x)
+        return self.bijector.inverse(x, **self._condition(context, x, len(self._event_shape)))
+
+    def decode(self, z, context=None) -> tf.Tensor:
         """Latent -> data: ``x = f(z)``; ``z`` has the base distribution's event shape."""
         latent = tuple(int(d) for d in self.base_distribution.event_shape)
-        return self.bijector.forward(self._check_x(z, "z", latent))
+        z = self._check_x(z, "z", latent)
+        return self.bijector.forward(z, **self._condition(context, z, len(latent)))
 
     # --- data-dependent initialisation (ActNorm) ---------------------------------------------
-    def initialize_from_data(self, x, force: bool = False) -> int:
+    def initialize_from_data(self, x, force: bool = False, context=None) -> int:
         """Glow's data-dependent initialisation of every :class:`~tfp_nice.bijectors.ActNorm` step.
 
-        Runs the batch ``x`` from the data side through the steps in order; each ActNorm not
-        yet initialised (or every one, with ``force``) gets the per-channel mean and log-std of
-        the activations reaching it, so the flow starts with normalised activations. Run it
-        eagerly on a batch of (dequantized) training data before training; ``fit`` calls it
-        on its first batch when needed. The ``initialized`` flags are weights, so a saved and
-        reloaded model is not initialised again. Returns the number of steps initialised.
+        Runs the batch ``x`` (with its ``context`` for a conditional flow) from the data side
+        through the steps in order; each ActNorm not yet initialised (or every one, with
+        ``force``) gets the per-channel mean and log-std of the activations reaching it, so
+        the flow starts with normalised activations. Run it eagerly on a batch of
+        (dequantized) training data before training; ``fit`` calls it on its first batch
+        when needed. The ``initialized`` flags are weights, so a saved and reloaded model is
+        not initialised again. Returns the number of steps initialised.
         """
         x = self._check_x(x)
+        chain = tfb.Chain(self.steps)
+        kwargs = self._condition(context, x, len(self._event_shape), bijector=chain)
         with data_initialization(force=force) as state:
-            tfb.Chain(self.steps).inverse(x)
+            chain.inverse(x, **kwargs)
         return state["count"]
 
     def _needs_data_init(self) -> bool:
@@ -244,18 +305,39 @@ class FlowModel(keras.Model):
         """``keras.Model.fit``; first initialises uninitialised ActNorm steps on the first batch.
 
         The first batch is ``x[:batch_size]`` (default 32) for arrays and tensors, or the first
-        element of a ``tf.data.Dataset``; see :meth:`initialize_from_data`.
+        element of a ``tf.data.Dataset``; see :meth:`initialize_from_data`. A conditional flow
+        is fitted on ``(x, context)``: ``fit(x, labels)``, ``fit((x, labels))`` or a dataset of
+        ``(x, labels)`` pairs (``validation_data`` likewise).
         """
+        if self._context is not None:
+            x, y = _context.pack_fit_data(x, y)
+            if "validation_data" in kwargs:
+                kwargs["validation_data"] = _context.pack_validation_data(
+                    kwargs["validation_data"])
         if x is not None and self._needs_data_init():
-            batch = _first_batch(x, batch_size)
+            batch = _first_inputs(x, batch_size)
             if batch is not None:
-                self.initialize_from_data(batch)
+                if self._context is not None:
+                    xb, cb = _context.split_inputs(batch)
+                    self.initialize_from_data(xb, context=cb)
+                else:
+                    self.initialize_from_data(batch)
         return super().fit(x, y, batch_size, *args, **kwargs)
 
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.evaluate``; a conditional flow takes ``(x, context)`` as ``fit`` does."""
+        if self._context is not None and not kwargs.get("_use_cached_eval_dataset"):
+            x, y = _context.pack_fit_data(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
     # --- Keras -------------------------------------------------------------------------------
-    def call(self, x, training: bool | None = None):
-        """Per-example negative log-likelihood ``-log p(x)``."""
-        return -self.log_prob(x)
+    def call(self, inputs, training: bool | None = None):
+        """Per-example negative log-likelihood ``-log p(x)``; a conditional flow takes pairs
+        ``(x, context)`` (or ``{"x": x, "context": c}``) and returns ``-log p(x | context)``."""
+        if self._context is None:
+            return -self.log_prob(inputs)
+        x, context = _context.split_inputs(inputs)
+        return -self.log_prob(x, context)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean NLL (plus any regularisation losses), scaled for ``tf.distribute``.
@@ -276,6 +358,9 @@ class FlowModel(keras.Model):
         return loss / tf.cast(replicas, loss.dtype)
 
     def compute_output_shape(self, input_shape):
+        if self._context is not None and isinstance(input_shape, (tuple, list)) and \
+                isinstance(input_shape[0], (tuple, list)):
+            input_shape = input_shape[0]
         return tuple(input_shape)[: len(input_shape) - len(self._event_shape)]
 
     def get_config(self) -> dict:
@@ -289,6 +374,7 @@ class FlowModel(keras.Model):
         )
         if self.memory_saving:
             config["memory_saving"] = True
+        config.update(self._context_config())
         return config
 
     @classmethod
@@ -299,17 +385,26 @@ class FlowModel(keras.Model):
         return cls(base, steps, **config)
 
 
-def _first_batch(x, batch_size):
-    """The first batch ``fit`` would see, for data-dependent initialisation (or ``None``)."""
+def _first_inputs(x, batch_size):
+    """The model inputs of the first batch ``fit`` would see (``x`` or ``(x, context)``), for
+    data-dependent initialisation; ``None`` if they cannot be read ahead."""
+    size = int(batch_size or 32)
     if isinstance(x, tf.data.Dataset):
         batch = next(iter(x))
-    elif isinstance(x, (np.ndarray, tf.Tensor)):
-        batch = x[: int(batch_size or 32)]
-    else:
-        return None
-    while isinstance(batch, (tuple, list)) and batch:
-        batch = batch[0]
-    return batch if tf.is_tensor(batch) or isinstance(batch, np.ndarray) else None
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+    if isinstance(x, (np.ndarray, tf.Tensor)):
+        return x[:size]
+    if isinstance(x, (tuple, list)) and all(isinstance(a, (np.ndarray, tf.Tensor)) for a in x):
+        return tuple(a[:size] for a in x)
+    return None
+
+
+def _describe(path: str, steps: list) -> str:
+    """``"`steps[2]` (Coupling)"`` for a path under a step, else the base distribution."""
+    if path.startswith("steps["):
+        idx = path.split("]")[0] + "]"
+        return f"`{idx}` ({type(steps[int(idx[6:-1])]).__name__})"
+    return "`base_distribution`"
 
 
 def _unique(items: list) -> list:

@@ -8,7 +8,11 @@ look inside a flow uses this module:
 * :func:`flatten_chains` — nested ``tfb.Chain`` steps as one flat list (memory-saving runs);
 * :func:`collect` — every Keras layer and variable a flow uses (a ``FlowModel`` owns them)
   and any state Keras could not train (a ``tf_keras`` layer, a TF1 template, a raw
-  ``tf.Variable``), so a model can refuse it instead of training without it;
+  ``tf.Variable``), so a model can refuse it instead of training without it; Python
+  callables (a ``tfb.RealNVP``'s ``shift_and_log_scale_fn`` lambda) are searched through
+  their closures, defaults and the globals they name;
+* :func:`route_condition` — the condition keyword arguments of a flow, routed to every step
+  that takes them (``tfb.Chain``'s ``bijector_kwargs`` convention);
 * :func:`keras_parameter` — a Keras variable as a TFP bijector parameter.
 
 Keras 3 does not descend into ``tf.Module`` objects (bijectors, distributions) and
@@ -18,6 +22,8 @@ Keras 3 does not descend into ``tf.Module`` objects (bijectors, distributions) a
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +41,8 @@ __all__ = [
     "flatten_chains",
     "foreign_state_error",
     "keras_parameter",
+    "read_variables",
+    "route_condition",
     "walk",
 ]
 
@@ -105,6 +113,49 @@ def flatten_chains(steps) -> list:
     return out
 
 
+def route_condition(b: Any, condition: dict) -> dict:
+    """The keyword arguments that bring ``condition`` to every step of ``b`` that takes one.
+
+    A step that takes a condition (tfp_nice couplings unless built with ``conditional=False``,
+    and :class:`~tfp_nice.ContextAffine`: ``step.conditional``) gets ``condition`` itself; a
+    ``tfb.Chain`` (or a memory-saving run) gets ``{step.name: route, ...}`` for its steps that
+    need one, as ``tfb.Chain`` routes ``bijector_kwargs``; ``tfb.Invert`` and ``FactorOut``
+    pass theirs through to the bijector they wrap. Other steps get nothing.
+
+    Raises:
+      ValueError: if two steps of one chain share a name but not a route (``tfb.Chain`` routes
+        by name, so one would get the other's condition).
+
+    Example:
+      >>> import numpy as np, tensorflow_probability as tfp
+      >>> from tfp_nice import AffineCoupling, MLPConditioner
+      >>> chain = tfp.bijectors.Chain([AffineCoupling(MLPConditioner(), num_masked=1, name="c0"),
+      ...                              tfp.bijectors.Shift(1.0)])
+      >>> route_condition(chain, {"context": "c"})
+      {'c0': {'context': 'c'}}
+    """
+    if getattr(b, "conditional", False) is True:
+        return dict(condition)
+    held = getattr(b, "bijectors", None)
+    if isinstance(held, (list, tuple)):
+        routes: dict = {}
+        for c in (c for c in held if isinstance(c, tfb.Bijector)):
+            route = route_condition(c, condition)
+            if c.name in routes and (tf.nest.map_structure(id, routes[c.name])
+                                     != tf.nest.map_structure(id, route)):
+                raise ValueError(
+                    f"Two steps of `{b.name}` are named {c.name!r}, and only one takes the "
+                    "condition: tfb.Chain routes condition keyword arguments by step name. "
+                    f"Give the steps unique names. Received: {[s.name for s in held]}"
+                )
+            routes[c.name] = route
+        return {k: v for k, v in routes.items() if v}
+    inner = getattr(b, "bijector", None)
+    if isinstance(inner, tfb.Bijector) and inner is not b:
+        return route_condition(inner, condition)
+    return {}
+
+
 # --- ownership ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Ownership:
@@ -153,7 +204,43 @@ def collect(obj: Any, path: str = "obj", found: Ownership | None = None,
             collect(item, f"{path}.{k}", found, seen)
         for v in obj.variables:
             collect(v, f"{path}.{v.name}", found, seen)
+    elif isinstance(obj, (types.FunctionType, types.MethodType, functools.partial)):
+        for where, item in _callable_state(obj):
+            collect(item, f"{path}.<{where}>", found, seen)
     return found
+
+
+def _callable_state(fn: Any) -> list[tuple[str, Any]]:
+    """What a Python function can reach: closure cells, defaults, the globals it names
+    (modules, classes and builtins left out), a bound method's object, a partial's arguments."""
+    if isinstance(fn, functools.partial):
+        return [("partial.func", fn.func), ("partial.args", list(fn.args)),
+                ("partial.keywords", dict(fn.keywords or {}))]
+    if isinstance(fn, types.MethodType):
+        return [("self", fn.__self__), ("method", fn.__func__)]
+    state: list[tuple[str, Any]] = []
+    code = fn.__code__
+    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        try:
+            state.append((f"closure {name}", cell.cell_contents))
+        except ValueError:  # an empty cell
+            continue
+    state += [("defaults", list(fn.__defaults__ or ())),
+              ("kwdefaults", dict(fn.__kwdefaults__ or {}))]
+    for name in _global_names(code):
+        value = fn.__globals__.get(name)
+        if value is not None and not isinstance(value, (types.ModuleType, type,
+                                                        types.BuiltinFunctionType)):
+            state.append((f"global {name}", value))
+    return state
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:  # nested functions and lambdas
+        if isinstance(const, types.CodeType):
+            names += _global_names(const)
+    return names
 
 
 def _collect_tf_variable(v: tf.Variable, path: str, found: Ownership) -> None:
@@ -181,6 +268,29 @@ def _collect_tfp(obj: Any, path: str, found: Ownership, seen: set) -> None:
         collect(layer, f"{path}.keras_layers[{i}]", found, seen)
     for k, item in compat.instance_state(obj):  # state a bijector builds (tfb.BatchNormalization)
         collect(item, f"{path}.{k}", found, seen)
+
+
+def read_variables(steps, base_distribution, x: tf.Tensor, condition: dict) -> list[list]:
+    """Runs ``steps`` (``tfb.Chain`` order) data -> latent on ``x`` eagerly, then the base
+    ``log_prob``, and returns the trainable ``tf.Variable`` objects each read (the last entry:
+    the base's). Builds every Keras layer on the way.
+
+    A ``FlowModel`` compares them with the variables it owns: a variable read here that Keras
+    cannot see (held by a Python callable, a closure it could not search...) would silently
+    never train.
+    """
+    read, h = [], x
+    for step in steps:
+        kwargs = route_condition(step, condition) if condition else {}
+        with tf.GradientTape() as tape:
+            out = step.inverse(h, **kwargs)
+            step.inverse_log_det_jacobian(h, event_ndims=h.shape.rank - 1, **kwargs)
+        read.append(list(tape.watched_variables()))
+        h = out
+    with tf.GradientTape() as tape:
+        base_distribution.log_prob(h)
+    read.append(list(tape.watched_variables()))
+    return read
 
 
 def foreign_state_error(step_desc: str, path: str, what: str) -> ValueError:

@@ -7,7 +7,8 @@ the roles, so consecutive couplings alternate.
 
 Kinds (the last three follow RealNVP [2] §3.4 and the NICE paper's [1] alternation):
 
-* :func:`half` — the first ``num_masked`` units (``num_masked < 0``: the last), as ``tfb.RealNVP``;
+* :func:`half` — the first ``num_masked`` units (``num_masked < 0``: the last), as ``tfb.RealNVP``
+  (``fraction_masked`` rounds as ``tfb.RealNVP``: ``np.round(D * fraction)``);
 * :func:`even_odd` — even or odd positions of a vector;
 * :func:`checkerboard` — spatial checkerboard over ``[H, W, C]`` images;
 * :func:`channel` — the first half of the channels of ``[H, W, C]`` images.
@@ -28,7 +29,9 @@ import tensorflow as tf
 
 from tfp_nice import _math
 
-__all__ = ["Mask", "half", "even_odd", "checkerboard", "channel", "as_mask"]
+__all__ = [
+    "Mask", "half", "even_odd", "checkerboard", "channel", "as_mask", "check_fraction_masked",
+]
 
 
 def _as_shape(event_shape: int | Sequence[int], arg: str = "event_shape") -> tuple[int, ...]:
@@ -142,13 +145,18 @@ def half(
     event_size: int,
     num_masked: int | None = None,
     fraction_masked: float | None = None,
+    rounding: str = "round",
 ) -> Mask:
     """The first ``num_masked`` units pass through (the last ``|num_masked|`` if negative).
 
     Exactly one of ``num_masked`` / ``fraction_masked`` is given, with ``tfb.RealNVP``'s
-    meaning: ``fraction_masked`` in ``(-1, 1)``, rounded towards zero.
+    meaning: ``fraction_masked`` is a float in ``(-1, 1)`` and selects
+    ``np.round(D * fraction_masked)`` units, as ``tfb.RealNVP`` (``D = 8``, ``0.7``: 6 units).
+    ``rounding="truncate"`` rounds towards zero instead, as tfp_nice did before it matched
+    TFP (couplings saved then keep it when loaded).
 
     Raises:
+      TypeError: if ``num_masked`` is not an int or ``fraction_masked`` not a float.
       ValueError: if the resolved count is not in ``[1, D - 1]`` (or ``[-(D-1), -1]``).
     """
     d = _as_size(event_size)
@@ -158,21 +166,25 @@ def half(
             f"Received: num_masked={num_masked!r}, fraction_masked={fraction_masked!r}"
         )
     if fraction_masked is not None:
-        if not isinstance(fraction_masked, (float, int)) or not -1 < fraction_masked < 1:
+        check_fraction_masked(fraction_masked)
+        if rounding not in ("round", "truncate"):
             raise ValueError(
-                "`fraction_masked` must be a float in (-1, 1). "
-                f"Received: fraction_masked={fraction_masked!r}"
+                f"`rounding` must be 'round' or 'truncate'. Received: rounding={rounding!r}"
             )
-        num_masked = int(d * fraction_masked)  # int() rounds towards zero, like tfb.RealNVP
+        scaled = d * float(fraction_masked)
+        num_masked = int(np.round(scaled)) if rounding == "round" else int(scaled)
         arg, value = "fraction_masked", fraction_masked
     else:
         arg, value = "num_masked", num_masked
     if isinstance(num_masked, bool) or not isinstance(num_masked, (int, np.integer)):
-        raise TypeError(f"`num_masked` must be an int. Received: num_masked={num_masked!r}")
+        raise TypeError(
+            f"`num_masked` must be an integer. Received: num_masked={num_masked!r}")
     if d < 2 or not 1 <= abs(num_masked) <= d - 1:
+        too_many = (f"Number of masked units {num_masked} must be smaller than the event size "
+                    f"{d}: " if abs(num_masked) >= d else "")  # tfb.RealNVP's words
         raise ValueError(
-            f"`{arg}` must select between 1 and D - 1 = {d - 1} units of an event of size "
-            f"D = {d} (negative values select the last units). Received: {arg}={value!r}"
+            f"{too_many}`{arg}` must select between 1 and D - 1 = {d - 1} units of an event of "
+            f"size D = {d} (negative values select the last units). Received: {arg}={value!r}"
             + (f" (= {num_masked} units)" if arg == "fraction_masked" else "")
         )
     pattern = np.zeros([d], dtype=bool)
@@ -181,6 +193,27 @@ def half(
     else:
         pattern[num_masked:] = True
     return Mask(pattern, kind="half")
+
+
+def check_fraction_masked(fraction_masked: Any, owner: str = "") -> float:
+    """``fraction_masked`` if it is a float in ``(-1, 1)`` other than 0 (``tfb.RealNVP``'s rule).
+
+    Raises:
+      TypeError: if it is not a float (an ``int`` such as ``1`` included, as in TFP).
+      ValueError: if it is outside ``(-1, 1)`` or zero.
+    """
+    prefix = f"{owner}: " if owner else ""
+    if not isinstance(fraction_masked, (float, np.floating)):
+        raise TypeError(
+            f"{prefix}`fraction_masked` must be a float in (-1, 1). "
+            f"Received: fraction_masked={fraction_masked!r}"
+        )
+    if not (-1 < fraction_masked < 1 and fraction_masked != 0):
+        raise ValueError(
+            f"{prefix}`fraction_masked` must be in (-1, 1) and nonzero. "
+            f"Received: fraction_masked={fraction_masked!r}"
+        )
+    return float(fraction_masked)
 
 
 def even_odd(event_size: int, parity: str = "even") -> Mask:

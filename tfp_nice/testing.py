@@ -12,6 +12,10 @@ how much; :func:`check_bijector` runs them all. Checks:
 * :func:`assert_variables_trainable`: every trainable variable is seen by Keras and gets a
   non-None, non-zero gradient of the model's loss.
 
+A conditional bijector is checked at a fixed condition: ``condition={"context": c}`` is passed
+as keyword arguments to every call (use one context ``[k]`` that broadcasts against every
+batch shape).
+
 Example:
   >>> import tensorflow as tf, tensorflow_probability as tfp
   >>> check_bijector(tfp.bijectors.Shift(tf.constant([1.0, 2.0], tf.float64)), event_shape=[2],
@@ -72,30 +76,35 @@ def _close(name: str, got, want, rtol: float, atol: float) -> None:
         )
 
 
-def assert_round_trip(bijector, x, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+def assert_round_trip(bijector, x, rtol: float = 1e-5, atol: float = 1e-5,
+                      condition: dict | None = None) -> None:
     """``inverse(forward(x)) == x`` and ``forward(inverse(x)) == x``, computed afresh.
 
     For a bijector that changes the event shape (e.g. a squeeze), the second check uses the
     values of ``x`` reshaped to the output shape.
     """
+    c = dict(condition or {})
     x = tf.convert_to_tensor(x)
-    y = bijector.forward(x)
-    _close("round trip inverse(forward(x))", bijector.inverse(tf.identity(y)), x, rtol, atol)
+    y = bijector.forward(x, **c)
+    _close("round trip inverse(forward(x))", bijector.inverse(tf.identity(y), **c), x, rtol,
+           atol)
     x_out = x if y.shape == x.shape else tf.reshape(x, tf.shape(y))
-    x2 = bijector.inverse(tf.identity(x_out))
-    _close("round trip forward(inverse(x))", bijector.forward(tf.identity(x2)), x_out, rtol,
+    x2 = bijector.inverse(tf.identity(x_out), **c)
+    _close("round trip forward(inverse(x))", bijector.forward(tf.identity(x2), **c), x_out, rtol,
            atol)
 
 
 def assert_log_det_consistent(
-    bijector, x, event_ndims: int | None = None, rtol: float = 1e-5, atol: float = 1e-5
+    bijector, x, event_ndims: int | None = None, rtol: float = 1e-5, atol: float = 1e-5,
+    condition: dict | None = None,
 ) -> None:
     """``fldj(x) == -ildj(forward(x))``, with no cache shared between the two."""
+    c = dict(condition or {})
     x = tf.convert_to_tensor(x)
     n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
-    fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n)
-    y = tf.identity(bijector.forward(tf.identity(x)))
-    ildj = bijector.inverse_log_det_jacobian(y, event_ndims=n)
+    fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n, **c)
+    y = tf.identity(bijector.forward(tf.identity(x), **c))
+    ildj = bijector.inverse_log_det_jacobian(y, event_ndims=n, **c)
     _close("fldj(x) vs -ildj(forward(x))", fldj, -ildj, rtol, atol)
 
 
@@ -115,43 +124,47 @@ def _autodiff_log_det(fn, x: tf.Tensor, event_ndims: int) -> np.ndarray:
 
 
 def assert_log_det_matches_autodiff(
-    bijector, x, event_ndims: int | None = None, atol: float = 1e-10, rtol: float = 1e-10
+    bijector, x, event_ndims: int | None = None, atol: float = 1e-10, rtol: float = 1e-10,
+    condition: dict | None = None,
 ) -> None:
     """``fldj(x)`` and ``-ildj(y)`` equal ``slogdet`` of the autodiff Jacobian (use float64)."""
+    c = dict(condition or {})
     x = tf.convert_to_tensor(x)
     n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
     if x.shape.rank == n:
         x = x[tf.newaxis]
-    want_f = _autodiff_log_det(bijector.forward, x, n)
-    fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n)
+    want_f = _autodiff_log_det(lambda v: bijector.forward(v, **c), x, n)
+    fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n, **c)
     _close("fldj vs autodiff log|det J|", fldj, want_f, rtol, atol)
-    y = tf.identity(bijector.forward(x))
-    want_i = _autodiff_log_det(bijector.inverse, y, n)
-    ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n)
+    y = tf.identity(bijector.forward(x, **c))
+    want_i = _autodiff_log_det(lambda v: bijector.inverse(v, **c), y, n)
+    ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n, **c)
     _close("ildj vs autodiff log|det J^-1|", ildj, want_i, rtol, atol)
 
 
 def assert_batch_shapes(
     bijector, event_shape: Sequence[int], dtype=tf.float32,
     batch_shapes: Sequence[Sequence[int]] = BATCH_SHAPES, rtol: float = 1e-5, atol: float = 1e-5,
+    condition: dict | None = None,
 ) -> None:
     """For each batch shape, outputs have the right shapes and equal the per-example results.
 
     The output event shape is ``bijector.forward_event_shape(event_shape)`` (the same as
     ``event_shape`` unless the bijector reshapes, like a squeeze).
     """
+    c = dict(condition or {})
     n = len(tuple(event_shape))
     out_event = list(bijector.forward_event_shape(list(event_shape)))
     for batch_shape in batch_shapes:
         x = random_input(batch_shape, event_shape, dtype, seed=len(batch_shape) + 1)
-        y = bijector.forward(x)
+        y = bijector.forward(x, **c)
         if tuple(y.shape) != tuple(batch_shape) + tuple(out_event):
             raise AssertionError(
                 f"batch shape {tuple(batch_shape)}: forward maps {tuple(x.shape)} to "
                 f"{tuple(y.shape)}, expected {tuple(batch_shape) + tuple(out_event)}"
             )
-        fldj = bijector.forward_log_det_jacobian(x, event_ndims=n)
-        ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n)
+        fldj = bijector.forward_log_det_jacobian(x, event_ndims=n, **c)
+        ildj = bijector.inverse_log_det_jacobian(tf.identity(y), event_ndims=n, **c)
         for name, ldj in (("fldj", fldj), ("ildj", ildj)):
             try:
                 ok = np.broadcast_shapes(tuple(ldj.shape), tuple(batch_shape)) == tuple(batch_shape)
@@ -167,28 +180,29 @@ def assert_batch_shapes(
         for i in range(flat_x.shape[0]):
             xi = flat_x[i]
             _close(f"batch {tuple(batch_shape)}: forward of example {i}",
-                   tf.reshape(y, [-1] + out_event)[i], bijector.forward(xi), rtol, atol)
+                   tf.reshape(y, [-1] + out_event)[i], bijector.forward(xi, **c), rtol, atol)
             _close(f"batch {tuple(batch_shape)}: fldj of example {i}",
-                   tf.reshape(fldj, [-1])[i], bijector.forward_log_det_jacobian(xi, event_ndims=n),
-                   rtol, atol)
+                   tf.reshape(fldj, [-1])[i],
+                   bijector.forward_log_det_jacobian(xi, event_ndims=n, **c), rtol, atol)
         _close(f"batch {tuple(batch_shape)}: ildj(forward(x)) == -fldj(x)", ildj, -fldj, rtol, atol)
 
 
 def assert_graph_consistent(
     bijector, x, event_ndims: int | None = None, jit_compile: bool = True,
-    rtol: float = 1e-5, atol: float = 1e-5,
+    rtol: float = 1e-5, atol: float = 1e-5, condition: dict | None = None,
 ) -> None:
     """Eager, ``tf.function`` and (optionally) XLA-compiled results agree."""
+    c = dict(condition or {})
     x = tf.convert_to_tensor(x)
     n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
 
     def run(x):
-        y = bijector.forward(x)
+        y = bijector.forward(x, **c)
         return (
             y,
-            bijector.forward_log_det_jacobian(x, event_ndims=n),
-            bijector.inverse(tf.identity(y)),
-            bijector.inverse_log_det_jacobian(y, event_ndims=n),
+            bijector.forward_log_det_jacobian(x, event_ndims=n, **c),
+            bijector.inverse(tf.identity(y), **c),
+            bijector.inverse_log_det_jacobian(y, event_ndims=n, **c),
         )
 
     eager = run(x)
@@ -244,6 +258,7 @@ def assert_variables_trainable(
 def check_bijector(
     bijector, event_shape: Sequence[int], dtype=tf.float64, scale: float = 1.0,
     autodiff_tol: float | None = None, tol: float | None = None, jit_compile: bool = True,
+    condition: dict | None = None,
 ) -> None:
     """Runs every bijector check; use ``dtype=tf.float64`` for the tight autodiff comparison.
 
@@ -256,16 +271,20 @@ def check_bijector(
         1e-4 otherwise).
       tol: tolerance of the other comparisons (default 1e-9 for float64, 1e-4 otherwise).
       jit_compile: also compare against an XLA-compiled run.
+      condition: condition keyword arguments for every call (a conditional bijector), e.g.
+        ``{"context": c}`` with one context ``c [k]`` that broadcasts against every batch.
     """
     f64 = tf.as_dtype(dtype) == tf.float64
     autodiff_tol = autodiff_tol if autodiff_tol is not None else (1e-10 if f64 else 1e-4)
     tol = tol if tol is not None else (1e-9 if f64 else 1e-4)
     n = len(tuple(event_shape))
     x = random_input((4,), event_shape, dtype, scale=scale)
-    assert_round_trip(bijector, x, rtol=tol, atol=tol)
-    assert_log_det_consistent(bijector, x, event_ndims=n, rtol=tol, atol=tol)
+    c = dict(condition or {})
+    assert_round_trip(bijector, x, rtol=tol, atol=tol, condition=c)
+    assert_log_det_consistent(bijector, x, event_ndims=n, rtol=tol, atol=tol, condition=c)
     assert_log_det_matches_autodiff(
-        bijector, x, event_ndims=n, atol=autodiff_tol, rtol=autodiff_tol
+        bijector, x, event_ndims=n, atol=autodiff_tol, rtol=autodiff_tol, condition=c
     )
-    assert_batch_shapes(bijector, event_shape, dtype, rtol=tol, atol=tol)
-    assert_graph_consistent(bijector, x, event_ndims=n, jit_compile=jit_compile, rtol=tol, atol=tol)
+    assert_batch_shapes(bijector, event_shape, dtype, rtol=tol, atol=tol, condition=c)
+    assert_graph_consistent(bijector, x, event_ndims=n, jit_compile=jit_compile, rtol=tol,
+                            atol=tol, condition=c)

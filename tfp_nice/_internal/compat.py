@@ -46,6 +46,7 @@ __all__ = [
     "store_forward_log_det",
     "store_inverse_log_det",
     "tf_variable",
+    "variable_refs",
 ]
 
 
@@ -151,6 +152,17 @@ def keras_initial_epoch(model) -> int | None:
     """
     epoch = getattr(model, "_initial_epoch", None)
     return int(epoch) if epoch is not None else None
+
+
+def variable_refs(v: Any) -> set:
+    """The ``ref()`` keys of a Keras or TF variable: its ``tf.Variable`` and, for a
+    ``tf.distribute`` variable, each per-replica component (``.values``)."""
+    tv = tf_variable(v)
+    refs = {tv.ref()}
+    for component in getattr(tv, "values", None) or ():
+        if isinstance(component, tf.Variable):
+            refs.add(component.ref())
+    return refs
 
 
 class Untracked:

@@ -2,13 +2,19 @@
 
 Not public: :class:`~tfp_nice.AdditiveCoupling` and :class:`~tfp_nice.AffineCoupling` are.
 
-A coupling is ``x -> (x1, x2) -> (x1, f(x2; conditioner(x1)))``. Subclasses say what ``f``
-is through a small package-internal protocol, which :mod:`tfp_nice.reversible` also uses
-(through ``isinstance(b, CouplingBase)``, so subclasses take its fused backward pass):
+A coupling is ``x -> (x1, x2) -> (x1, f(x2; conditioner(x1, **condition)))``. Subclasses say
+what ``f`` is through a small package-internal protocol, which :mod:`tfp_nice.reversible` also
+uses (through ``isinstance(b, CouplingBase)``, so subclasses take its fused backward pass):
 
 * :meth:`CouplingBase.coupling_split` — the checked input, its mask and halves ``(x1, x2)``;
-* :meth:`CouplingBase.coupling_parameters` — the conditioner's parameters for ``x2``;
+* :meth:`CouplingBase.coupling_parameters` — the conditioner's parameters for ``x2``, given
+  ``x1`` and the condition keyword arguments;
 * :meth:`CouplingBase.coupling_transform` — ``f`` (or ``f^-1``) of ``x2`` and its log-det.
+
+The condition follows TFP's ``bijector_kwargs`` convention: ``b.forward(x, context=c)`` (and
+``inverse`` and both log-dets) pass ``context=c`` on to the conditioner, so
+``tfb.Chain([...]).forward(x, coupling_name={"context": c})`` and
+``TransformedDistribution.log_prob(x, bijector_kwargs=...)`` route it as for any TFP bijector.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tfp_nice import _math, serialization
 from tfp_nice import masks as masks_lib
 from tfp_nice._internal import compat
 from tfp_nice._internal.checks import check_finite, check_floating, is_int
+from tfp_nice.bijectors import _conditioner_io as io
 
 tfb = tfp.bijectors
 
@@ -51,11 +58,20 @@ class CouplingBase(tfb.Bijector):
     _conditioner_arg = "conditioner"
     #: ``True`` for couplings whose log-det is always 0 (additive).
     volume_preserving = False
+    #: How many parameters the conditioner returns per transformed unit when it returns one
+    #: tensor per parameter (these may broadcast against ``x2``, as in ``tfb.RealNVP``).
+    _num_parameters = 1
 
     def __init__(self, conditioner, num_masked: int | None, fraction_masked: float | None,
                  mask, validate_args: bool, parameters: dict, name: str,
-                 conditioner_input: str = "flat"):
+                 conditioner_input: str = "flat", conditional: bool = True):
         self._conditioner_input = self._check_conditioner_input(conditioner_input, mask)
+        if not isinstance(conditional, bool):
+            raise TypeError(
+                f"{self._owner}: `conditional` must be a bool. "
+                f"Received: conditional={conditional!r}"
+            )
+        self._conditional = conditional
         if not callable(conditioner):
             raise TypeError(
                 f"{self._owner}: `{self._conditioner_arg}` must be callable (a Keras layer "
@@ -65,6 +81,7 @@ class CouplingBase(tfb.Bijector):
         self._conditioner = conditioner
         self._num_masked = num_masked
         self._fraction_masked = fraction_masked
+        self._fraction_rounding = "round"  # "truncate": configs saved before TFP's rounding
         self._resolved: dict[int, masks_lib.Mask] = {}
         super().__init__(
             forward_min_event_ndims=self._mask.event_ndims if self._mask is not None else 1,
@@ -110,22 +127,23 @@ class CouplingBase(tfb.Bijector):
             return masks_lib.as_mask(mask)
         if num_masked is not None and not is_int(num_masked):
             raise TypeError(
-                f"{self._owner}: `num_masked` must be an int. Received: num_masked={num_masked!r}"
+                f"{self._owner}: `num_masked` must be an integer. "
+                f"Received: num_masked={num_masked!r}"
             )
         if num_masked == 0:
             raise ValueError(
                 f"{self._owner}: `num_masked` must be in [1, D - 1] (negative: the last units). "
                 "Received: num_masked=0"
             )
-        if fraction_masked is not None and not (
-            isinstance(fraction_masked, (int, float)) and -1 < fraction_masked < 1
-            and fraction_masked != 0
-        ):
-            raise ValueError(
-                f"{self._owner}: `fraction_masked` must be a nonzero float in (-1, 1). "
-                f"Received: fraction_masked={fraction_masked!r}"
-            )
+        if fraction_masked is not None:
+            masks_lib.check_fraction_masked(fraction_masked, self._owner)
         return None
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        # No batch-shaped parameters: the weights live in Keras layers, so
+        # `experimental_batch_shape()` is `[]` (as `tfb.RealNVP`'s).
+        return dict()
 
     # --- public introspection ----------------------------------------------------------------
     @property
@@ -139,6 +157,24 @@ class CouplingBase(tfb.Bijector):
         if self._mask is not None:
             return self._mask
         return next(iter(self._resolved.values()), None)
+
+    @property
+    def _masked_size(self) -> int | None:
+        """``tfb.RealNVP``'s (private) signed count of pass-through units: negative when the
+        last units pass through; ``None`` until a ``fraction_masked`` split sees data."""
+        if self._num_masked is not None:
+            return int(self._num_masked)
+        m = self.mask
+        if m is None:
+            return None
+        return m.num_masked if self._fraction_masked is None or self._fraction_masked > 0 else (
+            -m.num_masked)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether a conditional :class:`~tfp_nice.FlowModel` passes its context to this
+        coupling (condition keyword arguments given directly always reach the conditioner)."""
+        return self._conditional
 
     @property
     def conditioner_input(self) -> str:
@@ -161,17 +197,20 @@ class CouplingBase(tfb.Bijector):
         x1, x2 = mask.split(x)
         return mask, x1, x2
 
-    def coupling_parameters(self, x1: tf.Tensor, x: tf.Tensor, mask: masks_lib.Mask) -> tuple:
-        """The conditioner's parameters for the transformed units, each ``[batch..., d2]``.
+    def coupling_parameters(self, x1: tf.Tensor, x: tf.Tensor, mask: masks_lib.Mask,
+                            **condition) -> tuple:
+        """The conditioner's parameters for the transformed units, each ``[batch..., d2]``
+        (or broadcasting against it).
 
         ``x1`` feeds a ``"flat"`` conditioner; a ``"masked"`` one sees ``[x * mask, mask]``
-        (which depends on the pass-through units only). Subclasses map the raw outputs
+        (which depends on the pass-through units only). ``condition`` (TFP's condition
+        keyword arguments) goes to the conditioner too. Subclasses map the raw outputs
         (``_parameters_from``).
         """
         if self._conditioner_input == "masked":
-            outs = self._run_conditioner_masked(x, mask)
+            outs = self._run_conditioner_masked(x, mask, condition)
         else:
-            outs = self._run_conditioner_flat(x1, mask.num_transformed)
+            outs = self._run_conditioner_flat(x1, mask.num_transformed, condition)
         return self._parameters_from(outs)
 
     def coupling_transform(self, v2: tf.Tensor, params: tuple, inverse: bool):
@@ -188,34 +227,36 @@ class CouplingBase(tfb.Bijector):
         raise NotImplementedError
 
     # --- tfb.Bijector ------------------------------------------------------------------------
-    def _run(self, x: tf.Tensor, inverse: bool):
+    def _run(self, x: tf.Tensor, inverse: bool, condition: dict):
         mask, x1, x2 = self.coupling_split(x, "y" if inverse else "x")
-        out2, ldj = self.coupling_transform(x2, self.coupling_parameters(x1, x, mask), inverse)
+        params = self.coupling_parameters(x1, x, mask, **condition)
+        out2, ldj = self.coupling_transform(x2, params, inverse)
         return mask.merge(x1, out2), ldj
 
-    def _forward(self, x):
-        y, fldj = self._run(x, inverse=False)
+    def _forward(self, x, **condition):
+        y, fldj = self._run(x, False, condition)
         if fldj is not None:
-            compat.store_forward_log_det(self, x, fldj)
+            compat.store_forward_log_det(self, x, fldj, **condition)
         return y
 
-    def _inverse(self, y):
-        x, ildj = self._run(y, inverse=True)
+    def _inverse(self, y, **condition):
+        x, ildj = self._run(y, True, condition)
         if ildj is not None:
-            compat.store_inverse_log_det(self, y, ildj)
+            compat.store_inverse_log_det(self, y, ildj, **condition)
         return x
 
-    def _log_det(self, x: tf.Tensor, inverse: bool) -> tf.Tensor:
+    def _log_det(self, x: tf.Tensor, inverse: bool, condition: dict) -> tf.Tensor:
         if self.volume_preserving:
             check_floating(x, self._owner, "y" if inverse else "x")
             return tf.zeros([], dtype=x.dtype)
-        return self._run(x, inverse)[1]
+        ldj = self._run(x, inverse, condition)[1]
+        return tf.zeros([], dtype=x.dtype) if ldj is None else ldj
 
-    def _forward_log_det_jacobian(self, x):
-        return self._log_det(x, inverse=False)
+    def _forward_log_det_jacobian(self, x, **condition):
+        return self._log_det(x, False, condition)
 
-    def _inverse_log_det_jacobian(self, y):
-        return self._log_det(y, inverse=True)
+    def _inverse_log_det_jacobian(self, y, **condition):
+        return self._log_det(y, True, condition)
 
     # --- helpers -----------------------------------------------------------------------------
     def _resolve_mask(self, x: tf.Tensor, arg: str) -> masks_lib.Mask:
@@ -236,74 +277,104 @@ class CouplingBase(tfb.Bijector):
             )
         if d not in self._resolved:
             try:
-                self._resolved[d] = masks_lib.half(d, self._num_masked, self._fraction_masked)
+                self._resolved[d] = masks_lib.half(d, self._num_masked, self._fraction_masked,
+                                                   rounding=self._fraction_rounding)
             except ValueError as e:
                 raise ValueError(f"{self._owner}: {e}") from None
         return self._resolved[d]
 
-    def _run_conditioner_flat(self, x1: tf.Tensor, num_transformed: int) -> tuple:
-        """Runs the conditioner on ``x1 [batch..., d1]`` as a 2-D batch."""
+    def _run_conditioner_flat(self, x1: tf.Tensor, num_transformed: int, condition: dict
+                              ) -> tuple:
+        """Runs the conditioner on ``x1 [batch..., d1]`` as a 2-D batch (the condition too)."""
         lead = _math.leading_shape(x1, 1)
-        out = self._conditioner(tf.reshape(x1, [-1, x1.shape[-1]]))
-        outs = self._checked_outputs(out, num_transformed, (),
+        inputs = tf.reshape(x1, [-1, x1.shape[-1]])
+        expected = self._conditioner_output_units(num_transformed)
+        io.infer_output_units(self._conditioner, self._conditioner_units(num_transformed))
+        out = self._conditioner(inputs, **io.flatten_condition(condition, lead, self._owner, "x"))
+        outs = io.outputs_to_tuple(out)
+        rows = inputs.shape[0]
+        if expected is not None and io.output_shape_error(
+                outs, rows, expected, self._num_parameters) is not None:
+            raise self._output_error(outs, num_transformed, (),
                                      f"for {num_transformed} transformed units")
-        return tuple(_math.reshape_leading(tf.cast(o, x1.dtype), lead, 1) for o in outs)
+        return io.reshape_outputs(outs, rows, lead, x1.dtype)
 
-    def _run_conditioner_masked(self, x: tf.Tensor, mask: masks_lib.Mask) -> tuple:
+    def _run_conditioner_masked(self, x: tf.Tensor, mask: masks_lib.Mask, condition: dict
+                                ) -> tuple:
         """Runs the conditioner on ``[x * mask, mask]`` images; gathers the transformed units."""
         h, w, c = mask.event_shape
         m = tf.constant(mask.pattern, x.dtype)
         inputs = tf.concat([x * m, tf.zeros_like(x[..., :1]) + m[..., :1]], axis=-1)
         lead = _math.leading_shape(x, 3)
-        out = self._conditioner(tf.reshape(inputs, [-1, h, w, c + 1]))
-        outs = self._checked_outputs(out, c, (h, w), f"for images [{h}, {w}, {c}]",
-                                     "with conditioner_input='masked', ")
         expected = self._conditioner_output_units(c)
+        io.infer_output_units(self._conditioner, self._conditioner_units(c))
+        cond = io.flatten_condition(condition, lead, self._owner, "x")
+        outs = io.outputs_to_tuple(self._conditioner(tf.reshape(inputs, [-1, h, w, c + 1]),
+                                                     **cond))
+        if expected is None:
+            return tuple(_math.reshape_leading(tf.cast(o, x.dtype), lead, 3) for o in outs)
+        if io.output_shape_error(outs, None, expected, self._num_parameters, (h, w)) is not None:
+            raise self._output_error(outs, c, (h, w), f"for images [{h}, {w}, {c}]",
+                                     "with conditioner_input='masked', ")
         if len(outs) == 1 and expected[1] != c:
             outs = tuple(tf.split(outs[0], expected[1] // c, axis=-1))
         return tuple(mask.split(_math.reshape_leading(tf.cast(o, x.dtype), lead, 3))[1]
                      for o in outs)
 
-    def _checked_outputs(self, out, units: int, spatial: tuple, target: str,
-                         context: str = "") -> tuple:
-        """The conditioner's output(s) as a tuple, or a ``ValueError`` describing the shapes
-        it must return (``[batch, *spatial, u]``, one tensor or ``k``)."""
-        expected = self._conditioner_output_units(units)
-        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        want_shape = (*spatial, None)
-        if len(outs) not in expected or any(
-            o.shape.rank != len(want_shape) + 1
-            or tuple(o.shape[1:]) != (*spatial, expected[len(outs)]) for o in outs
-        ):
-            dims = "".join(f"{d}, " for d in spatial)
-            want = " or ".join(
-                (f"a tensor [batch, {dims}{u}]" if k == 1
-                 else f"a tuple of {k} tensors [batch, {dims}{u}]")
-                for k, u in expected.items()
-            )
-            got = [tuple(getattr(o, "shape", ())) for o in outs]
-            raise ValueError(
-                f"{self._owner}: {context}`{self._conditioner_arg}` must return {want} "
-                f"{target}. Received output shape(s): {got}"
-            )
-        return outs
+    def _conditioner_units(self, num_transformed: int) -> int | None:
+        """The width of the conditioner's single-tensor output (``None``: not known)."""
+        expected = self._conditioner_output_units(num_transformed)
+        return None if expected is None else expected[1]
 
-    def _base_config(self) -> dict:
-        return {
+    def _output_error(self, outs: tuple, units: int, spatial: tuple, target: str,
+                      context: str = "") -> ValueError:
+        """The ``ValueError`` describing the shapes the conditioner must return
+        (``[batch, *spatial, u]``, one tensor or ``k``)."""
+        expected = self._conditioner_output_units(units)
+        dims = "".join(f"{d}, " for d in spatial)
+        want = " or ".join(
+            (f"a tensor [batch, {dims}{u}]" if k == 1
+             else f"a tuple of {k} tensors [batch, {dims}{u}]")
+            for k, u in expected.items()
+        )
+        hint = "" if spatial else (
+            " (one tensor per parameter may also broadcast against [batch, "
+            f"{units}]: [batch, 1], [{units}], [1] or a scalar)")
+        got = [None if o is None else tuple(o.shape) for o in outs]
+        return ValueError(
+            f"{self._owner}: {context}`{self._conditioner_arg}` must return {want} "
+            f"{target}{hint}. Received output shape(s): {got}"
+        )
+
+    def _base_config(self, conditioner: bool = True) -> dict:
+        """The split, flags and (with ``conditioner``) the conditioner layer's config."""
+        config = {} if not conditioner else {
             self._conditioner_arg: serialization.serialize_layer(
-                self._conditioner, self._conditioner_arg, self._owner),
+                self._conditioner, self._conditioner_arg, self._owner)}
+        return config | {
             "num_masked": None if self._num_masked is None else int(self._num_masked),
             "fraction_masked": self._fraction_masked,
             "mask": None if self._mask is None else self._mask.get_config(),
             "conditioner_input": self._conditioner_input,
+            "fraction_rounding": self._fraction_rounding,
+            "conditional": self._conditional,
             "validate_args": self.validate_args,
             "name": self.name,
         }
 
     @classmethod
-    def _layers_from_config(cls, config: dict, *keys: str) -> dict:
+    def _from_base_config(cls, config: dict, *keys: str):
+        """``cls(**config)`` with the Keras layers under ``keys`` deserialised.
+
+        Configs saved before ``fraction_masked`` rounded as ``tfb.RealNVP`` have no
+        ``fraction_rounding``: they keep truncating, so their weights still fit.
+        """
         config = dict(config)
         for key in keys:
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
-        return config
+        legacy = "truncate" if config.get("fraction_masked") is not None else "round"
+        rounding = config.pop("fraction_rounding", legacy)
+        bijector = cls(**config)
+        bijector._fraction_rounding = rounding
+        return bijector

@@ -115,6 +115,10 @@ class ActNorm(tfb.Bijector):
             name=name,
         )
 
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()  # weights live in Keras layers: batch shape []
     @property
     def layer(self) -> ActNormLayer:
         """The layer holding ``loc``, ``log_scale`` and ``initialized``."""

@@ -23,8 +23,11 @@ class AdditiveCoupling(CouplingBase):
     ``is_constant_jacobian`` is ``False``: the log-det is constant, the Jacobian is not.
 
     Args:
-      shift_fn: the network ``m``; maps ``x1 [batch, d1]`` to ``[batch, d2]``. Usually a
-        :class:`tfp_nice.layers.MLPConditioner` with ``output_units=d2``.
+      shift_fn: the network ``m``; maps ``x1 [batch, d1]`` (and any condition keyword
+        arguments, ``m(x1, **condition)``) to ``[batch, d2]``, or a shape that broadcasts
+        against it (``[batch, 1]``, ``[1]``...) as in ``tfb.RealNVP``. Usually a
+        :class:`tfp_nice.layers.MLPConditioner` (its ``output_units``, ``d2``, are set from
+        the split when not given).
       num_masked: the first ``num_masked`` units pass through (negative: the last).
       fraction_masked: the same as a fraction of the event size, like ``tfb.RealNVP``.
       mask: a :class:`tfp_nice.masks.Mask` (or boolean array) over the event shape; use this
@@ -34,6 +37,8 @@ class AdditiveCoupling(CouplingBase):
       conditioner_input: ``"flat"`` (default: ``m`` maps ``x1 [batch, d1]``) or ``"masked"``
         (image masks: ``m`` maps ``[x * mask, mask]`` of shape ``[batch, H, W, C + 1]`` to
         ``[batch, H, W, C]``, e.g. a :class:`tfp_nice.layers.ResNetConditioner`).
+      conditional: whether a conditional :class:`~tfp_nice.FlowModel` passes its context
+        to ``m`` (``m(x1, context=c)``; default ``True``).
 
     Exactly one of ``num_masked``, ``fraction_masked`` and ``mask`` is given.
 
@@ -60,11 +65,12 @@ class AdditiveCoupling(CouplingBase):
         validate_args: bool = False,
         name: str = "additive_coupling",
         conditioner_input: str = "flat",
+        conditional: bool = True,
     ):
         parameters = dict(locals())
         super().__init__(
             shift_fn, num_masked, fraction_masked, mask, validate_args, parameters, name,
-            conditioner_input,
+            conditioner_input, conditional,
         )
 
     volume_preserving = True
@@ -75,7 +81,8 @@ class AdditiveCoupling(CouplingBase):
     def coupling_transform(self, v2: tf.Tensor, params: tuple, inverse: bool):
         """``y2 = x2 + m`` (``x2 = y2 - m`` inverse); log-det ``None`` (exactly 0)."""
         fn = _math.additive_inverse if inverse else _math.additive_forward
-        return fn(v2, params[0]), None
+        shift = tf.zeros([], v2.dtype) if params[0] is None else params[0]
+        return fn(v2, shift), None
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
@@ -83,4 +90,4 @@ class AdditiveCoupling(CouplingBase):
 
     @classmethod
     def from_config(cls, config: dict) -> AdditiveCoupling:
-        return cls(**cls._layers_from_config(config, "shift_fn"))
+        return cls._from_base_config(config, "shift_fn")

@@ -32,9 +32,12 @@ class AffineCoupling(CouplingBase):
     network once per coupling.
 
     Args:
-      shift_and_log_scale_fn: maps ``x1 [batch, d1]`` to either a tuple ``(t, h)`` of two
-        ``[batch, d2]`` tensors or one ``[batch, 2 * d2]`` tensor (split as ``[t, h]``).
-        Usually a :class:`tfp_nice.layers.MLPConditioner` with ``output_units=2 * d2``.
+      shift_and_log_scale_fn: maps ``x1 [batch, d1]`` (and any condition keyword arguments,
+        ``fn(x1, **condition)``) to either a tuple ``(t, h)`` of two ``[batch, d2]`` tensors
+        or one ``[batch, 2 * d2]`` tensor (split as ``[t, h]``). As in ``tfb.RealNVP``, each
+        tensor of the tuple may broadcast against ``[batch, d2]`` (``[batch, 1]``, ``[1]``...)
+        and ``None`` means zero. Usually a :class:`tfp_nice.layers.MLPConditioner` (its
+        ``output_units``, ``2 * d2``, are set from the split when not given).
       num_masked, fraction_masked, mask: the split; exactly one is given (see
         :class:`~tfp_nice.bijectors.AdditiveCoupling`).
       scale: the stabiliser name.
@@ -46,6 +49,8 @@ class AffineCoupling(CouplingBase):
       conditioner_input: ``"flat"`` (default: the conditioner maps ``x1 [batch, d1]``) or
         ``"masked"`` (image masks: it maps ``[x * mask, mask]`` of shape ``[batch, H, W, C + 1]``
         to ``[batch, H, W, 2C]``, e.g. a :class:`tfp_nice.layers.ResNetConditioner`).
+      conditional: whether a conditional :class:`~tfp_nice.FlowModel` passes its context
+        to the conditioner (default ``True``).
 
     Example:
       >>> import numpy as np
@@ -61,6 +66,7 @@ class AffineCoupling(CouplingBase):
     """
 
     _conditioner_arg = "shift_and_log_scale_fn"
+    _num_parameters = 2
 
     def __init__(
         self,
@@ -74,6 +80,7 @@ class AffineCoupling(CouplingBase):
         validate_args: bool = False,
         name: str = "affine_coupling",
         conditioner_input: str = "flat",
+        conditional: bool = True,
     ):
         parameters = dict(locals())
         _math.check_stabiliser(scale)
@@ -87,7 +94,7 @@ class AffineCoupling(CouplingBase):
         self._tanh_scale = tanh_scale if scale == "tanh" else None
         super().__init__(
             shift_and_log_scale_fn, num_masked, fraction_masked, mask, validate_args,
-            parameters, name, conditioner_input,
+            parameters, name, conditioner_input, conditional
         )
 
     @property
@@ -104,16 +111,25 @@ class AffineCoupling(CouplingBase):
         return {1: 2 * num_transformed, 2: num_transformed}
 
     def _parameters_from(self, outs: tuple) -> tuple:
-        """``(shift, log_scale)`` from the conditioner's ``(t, h)`` or ``[t, h]``."""
+        """``(shift, log_scale)`` from the conditioner's ``(t, h)`` or ``[t, h]``; a ``None``
+        entry means zero (no shift, or no scaling), as in ``tfb.RealNVP``."""
         shift, h = outs if len(outs) == 2 else tf.split(outs[0], 2, axis=-1)
+        if h is None:
+            return shift, None
         if self._scale == "tanh":
             return shift, tf.cast(self._tanh_scale(h), h.dtype)
         return shift, _math.stabilise_log_scale(h, self._scale, clamp=self._clamp)
 
     def coupling_transform(self, v2: tf.Tensor, params: tuple, inverse: bool):
-        """``y2 = x2 * exp(s) + t`` (or its inverse) and its log-det ``±sum(s)``."""
+        """``y2 = x2 * exp(s) + t`` (or its inverse) and its log-det ``±sum(s)``; ``t`` and
+        ``s`` broadcast against ``x2``."""
+        shift, log_scale = params
+        shift = tf.zeros([], v2.dtype) if shift is None else shift
+        if log_scale is None:  # shift only: volume preserving
+            fn = _math.additive_inverse if inverse else _math.additive_forward
+            return fn(v2, shift), tf.zeros([], v2.dtype)
         fn = _math.affine_inverse if inverse else _math.affine_forward
-        return fn(v2, *params)
+        return fn(v2, shift, log_scale)
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
@@ -128,4 +144,4 @@ class AffineCoupling(CouplingBase):
 
     @classmethod
     def from_config(cls, config: dict) -> AffineCoupling:
-        return cls(**cls._layers_from_config(config, "shift_and_log_scale_fn", "tanh_scale"))
+        return cls._from_base_config(config, "shift_and_log_scale_fn", "tanh_scale")

@@ -112,6 +112,10 @@ class BatchNorm(tfb.Bijector):
             name=name,
         )
 
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()  # weights live in Keras layers: batch shape []
     @property
     def layer(self) -> BatchNormLayer:
         """The layer holding the moving statistics, ``log_gamma`` and ``beta``."""

@@ -74,6 +74,10 @@ class DiagonalScale(tfb.Bijector):
             name=name,
         )
 
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()  # weights live in Keras layers: batch shape []
     @property
     def log_scale(self) -> LogScale:
         """The layer holding ``s``."""

@@ -31,7 +31,9 @@ class FactorOut(tfb.Bijector):
     ``encode`` and ``decode`` work unchanged. Nesting one ``FactorOut`` per scale (each inner flow
     ends with the next scale) gives the whole multi-scale architecture; see
     :class:`tfp_nice.RealNVPImage`. Only core TF ops (slice, concat) are added, so the flow
-    still exports to a SavedModel.
+    still exports to a SavedModel. Condition keyword arguments pass through to the inner flow
+    unchanged (as ``tfb.Invert`` does), e.g. ``{"name_of_a_coupling": {"context": c}}`` for
+    an inner ``tfb.Chain``.
 
     Args:
       bijector: the inner flow ``g`` acting on ``[..., k]`` events (shape preserving), e.g. a
@@ -78,6 +80,12 @@ class FactorOut(tfb.Bijector):
             name=name,
         )
 
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        # The batch shape is the inner flow's.
+        return dict(bijector=tfp.util.BatchedComponentProperties(
+            event_ndims=lambda self, x_event_ndims: x_event_ndims))
     @property
     def bijector(self):
         """The inner flow ``g``."""
@@ -108,29 +116,33 @@ class FactorOut(tfb.Bijector):
             )
         return k
 
-    def _forward(self, x):
+    def _forward(self, x, **condition):
         k = self._split_point(x, "x")
         x1, x2 = x[..., :k], x[..., k:]
-        y1 = self._bijector.forward(x1)
-        fldj = self._bijector.forward_log_det_jacobian(x1, event_ndims=self._event_ndims)
-        compat.store_forward_log_det(self, x, fldj)
+        y1 = self._bijector.forward(x1, **condition)
+        fldj = self._bijector.forward_log_det_jacobian(x1, event_ndims=self._event_ndims,
+                                                       **condition)
+        compat.store_forward_log_det(self, x, fldj, **condition)
         return tf.concat([y1, x2], axis=-1)
 
-    def _inverse(self, y):
+    def _inverse(self, y, **condition):
         k = self._split_point(y, "y")
         y1, y2 = y[..., :k], y[..., k:]
-        x1 = self._bijector.inverse(y1)
-        ildj = self._bijector.inverse_log_det_jacobian(y1, event_ndims=self._event_ndims)
-        compat.store_inverse_log_det(self, y, ildj)
+        x1 = self._bijector.inverse(y1, **condition)
+        ildj = self._bijector.inverse_log_det_jacobian(y1, event_ndims=self._event_ndims,
+                                                       **condition)
+        compat.store_inverse_log_det(self, y, ildj, **condition)
         return tf.concat([x1, y2], axis=-1)
 
-    def _forward_log_det_jacobian(self, x):
+    def _forward_log_det_jacobian(self, x, **condition):
         k = self._split_point(x, "x")
-        return self._bijector.forward_log_det_jacobian(x[..., :k], event_ndims=self._event_ndims)
+        return self._bijector.forward_log_det_jacobian(x[..., :k], event_ndims=self._event_ndims,
+                                                       **condition)
 
-    def _inverse_log_det_jacobian(self, y):
+    def _inverse_log_det_jacobian(self, y, **condition):
         k = self._split_point(y, "y")
-        return self._bijector.inverse_log_det_jacobian(y[..., :k], event_ndims=self._event_ndims)
+        return self._bijector.inverse_log_det_jacobian(y[..., :k], event_ndims=self._event_ndims,
+                                                       **condition)
 
     def get_config(self) -> dict:
         """A JSON-serialisable config (the inner flow through :mod:`tfp_nice.serialization`)."""

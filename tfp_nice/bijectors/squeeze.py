@@ -95,6 +95,10 @@ class Squeeze(tfb.Bijector):
             name=name,
         )
 
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()  # weights live in Keras layers: batch shape []
     @property
     def factor(self) -> int:
         return self._factor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from tfp_nice._internal.checks import check_int, check_number
+from tfp_nice.layers._context import ContextInput
 
 __all__ = ["WeightNormConv2D", "ResNetConditioner"]
 
@@ -80,7 +81,7 @@ class WeightNormConv2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class ResNetConditioner(keras.layers.Layer):
+class ResNetConditioner(ContextInput, keras.layers.Layer):
     """RealNVP's coupling network for images [2] §4.1: a residual conv net, weight-normalised.
 
     ``[N, H, W, C_in] -> [N, H, W, output_channels]``::
@@ -92,9 +93,11 @@ class ResNetConditioner(keras.layers.Layer):
     Every convolution is a :class:`WeightNormConv2D`. For an image coupling use it with
     ``conditioner_input="masked"`` (it then sees ``[x * mask, mask]``) and
     ``output_channels = 2 * C`` (affine: shift and raw log-scale) or ``C`` (additive).
+    ``net(x, **condition)`` adds each vector condition ``[N, k]`` as ``k`` constant input
+    feature maps (a class-conditional coupling's context).
 
     Args:
-      output_channels: channels of the output.
+      output_channels: channels of the output (``None``: set by the coupling that uses it).
       filters: feature maps of the hidden convolutions (RealNVP: 64 on CIFAR-10, 32 at 32x32).
       num_blocks: residual blocks (RealNVP: 8 on CIFAR-10, 4 at 32x32, 2 at 64x64).
       kernel_size: kernel of the hidden convolutions.
@@ -110,31 +113,46 @@ class ResNetConditioner(keras.layers.Layer):
       TensorShape([3, 4, 4, 2])
     """
 
-    def __init__(self, output_channels: int, filters: int = 64, num_blocks: int = 2,
-                 kernel_size: int = 3, output_kernel_size: int = 1, l2: float = 0.0,
-                 zero_init_output: bool = True, **kwargs):
+    def __init__(self, output_channels: int | None = None, filters: int = 64,
+                 num_blocks: int = 2, kernel_size: int = 3, output_kernel_size: int = 1,
+                 l2: float = 0.0, zero_init_output: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.output_channels = check_int(output_channels, "output_channels")
+        self.output_channels = (None if output_channels is None
+                                else check_int(output_channels, "output_channels"))
         self.filters = check_int(filters, "filters")
         self.num_blocks = check_int(num_blocks, "num_blocks", minimum=0)
         self.kernel_size = check_int(kernel_size, "kernel_size")
         self.output_kernel_size = check_int(output_kernel_size, "output_kernel_size")
         self.l2 = _non_negative(l2, "l2")
         self.zero_init_output = bool(zero_init_output)
-        dt = self.dtype_policy
-
-        def conv(filters, k, name, zero=False):
-            return WeightNormConv2D(filters, k, zero_init=zero, l2=self.l2, dtype=dt, name=name)
-
+        conv = self._conv
         self.conv_in = conv(filters, kernel_size, "conv_in")
         self.blocks = [
             (conv(filters, kernel_size, f"block_{i}_a"), conv(filters, kernel_size, f"block_{i}_b"))
             for i in range(num_blocks)
         ]
-        self.conv_out = conv(output_channels, output_kernel_size, "conv_out",
-                             zero=self.zero_init_output)
+        self.conv_out = (None if output_channels is None else
+                         conv(self.output_channels, self.output_kernel_size, "conv_out",
+                              zero=self.zero_init_output))
+
+    def _conv(self, filters: int, k: int, name: str, zero: bool = False) -> WeightNormConv2D:
+        return WeightNormConv2D(filters, k, zero_init=zero, l2=self.l2, dtype=self.dtype_policy,
+                                name=name)
+
+    def infer_output_units(self, units: int | None) -> None:
+        """Sets the output channels a coupling needs, if they were not given."""
+        if self.conv_out is None and units is not None:
+            self.output_channels = int(units)
+            self.conv_out = self._conv(self.output_channels, self.output_kernel_size,
+                                       "conv_out", zero=self.zero_init_output)
 
     def build(self, input_shape):
+        if self.conv_out is None:
+            raise ValueError(
+                f"ResNetConditioner `{self.name}`: `output_channels` is not set. Pass it, or use "
+                "the layer as a tfp_nice coupling's conditioner, which sets it. "
+                "Received: output_channels=None"
+            )
         shape = tuple(input_shape)
         self.conv_in.build(shape)
         hidden = shape[:-1] + (self.filters,)

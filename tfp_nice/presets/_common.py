@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import keras
@@ -9,12 +10,15 @@ import numpy as np
 import tensorflow_probability as tfp
 
 from tfp_nice import layers, masks, preprocessing, priors
-from tfp_nice._internal.checks import check_event_shape, check_int
+from tfp_nice._internal.checks import check_choice, check_event_shape, check_int
+from tfp_nice.bijectors import ContextAffine
 from tfp_nice.flow_model import FlowModel
 
 tfb = tfp.bijectors
 
 __all__ = [
+    "CONDITIONINGS",
+    "Conditioning",
     "Preset",
     "alternating_couplings",
     "check_logit",
@@ -44,6 +48,59 @@ class Preset(FlowModel):
     @classmethod
     def from_config(cls, config: dict):
         return cls(**config)
+
+
+#: Where a conditional preset uses its context (``conditioning=``).
+CONDITIONINGS = ("couplings", "prior", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditioning:
+    """How a preset is conditioned: its couplings, a class-conditional prior, or both.
+
+    ``couplings``: every coupling's conditioner sees the context (concatenated to ``x1``, or
+    as constant feature maps). ``prior``: a :class:`~tfp_nice.ContextAffine` step nearest the
+    latent gives each class (context) its own latent mean and scale (FlowGMM); the couplings
+    are shared and unconditioned. ``both``: the two (the presets' default: on the digits it
+    classified best and had the lowest held-out bits/dim, ``bench/conditioning_digits.md``).
+    """
+
+    num_classes: int | None = None
+    context_shape: tuple[int, ...] | None = None
+    where: str = "both"
+
+    @classmethod
+    def from_args(cls, num_classes, context_shape, conditioning: str) -> Conditioning:
+        check_choice(conditioning, CONDITIONINGS, "conditioning")
+        shape = None if context_shape is None else tuple(context_shape)
+        return cls(num_classes, shape, conditioning)
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None or self.context_shape is not None
+
+    @property
+    def couplings(self) -> bool:
+        """Whether the couplings take the context."""
+        return self.conditional and self.where in ("couplings", "both")
+
+    def prior_steps(self, latent_shape: Sequence[int]) -> list:
+        """``[ContextAffine]`` nearest the latent when the prior is conditioned, else ``[]``."""
+        if self.conditional and self.where in ("prior", "both"):
+            return [ContextAffine(list(latent_shape), name="context_prior")]
+        return []
+
+    def model_kwargs(self) -> dict:
+        """``FlowModel`` arguments (``num_classes`` / ``context_shape``)."""
+        return dict(num_classes=self.num_classes,
+                    context_shape=None if self.context_shape is None else list(self.context_shape))
+
+    def config(self) -> dict:
+        """The preset config entries (none for an unconditional preset, so its config is
+        unchanged)."""
+        if not self.conditional:
+            return {}
+        return dict(self.model_kwargs(), conditioning=self.where)
 
 
 def preset_event_shape(event_shape) -> tuple[int, ...]:
@@ -93,7 +150,8 @@ def vector_mask(kind: str, size: int) -> masks.Mask:
 def alternating_couplings(num: int, first: masks.Mask, hidden_units, activation: str,
                           make: Callable, units_per_unit: int) -> list:
     """``num`` couplings whose masks alternate ``first`` / its complement (the halves swap);
-    ``make(net, mask, i)`` builds coupling ``i`` around its :class:`MLPConditioner`."""
+    ``make(net, mask, i)`` builds coupling ``i`` around its :class:`MLPConditioner` (which
+    takes a context, if the coupling passes one, concatenated to ``x1``)."""
     steps = []
     for i in range(num):
         m = first if i % 2 == 0 else first.complement()

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_nice import graph
-from tfp_nice.bijectors import FactorOut
+from tfp_nice.bijectors import ContextAffine, FactorOut
 
 __all__ = ["MultiScale", "latent_scale_labels"]
 
@@ -21,9 +21,11 @@ def latent_scale_labels(steps: Sequence, latent_shape: Sequence[int]) -> np.ndar
     Reads the layout off the steps themselves: the units a :class:`FactorOut` factors out
     belong to its scale ``i``, those its inner flow keeps to scale ``i + 1`` (recursively),
     and the shape steps between the FactorOut and the latent (squeezes) carry the labels to
-    latent positions. A flow without a FactorOut is one scale.
+    latent positions. A flow without a FactorOut is one scale. An elementwise
+    :class:`~tfp_nice.ContextAffine` prior moves no unit and is left out.
     """
-    return _labels(graph.flatten_chains(steps), list(latent_shape), 0).astype(np.int32)
+    steps = [b for b in graph.flatten_chains(steps) if not isinstance(b, ContextAffine)]
+    return _labels(steps, list(latent_shape), 0).astype(np.int32)
 
 
 def _labels(steps: list, latent_shape: list, scale: int) -> np.ndarray:
@@ -58,15 +60,18 @@ class MultiScale:
         latent = [int(d) for d in self.base_distribution.event_shape]
         return latent_scale_labels(self.steps, latent)
 
-    def resample_scale(self, z, scale: int, seed: Any = None, temperature: float = 1.0):
+    def resample_scale(self, z, scale: int, seed: Any = None, temperature: float = 1.0,
+                       context=None):
         """Decodes latents ``z`` with the units of one scale redrawn from ``T · N(0, I)``.
 
         A grid of these shows what each scale encodes (RealNVP [2] Fig. 6): redrawing the last
-        scale changes the global shape, redrawing scale 0 only local detail.
+        scale changes the global shape, redrawing scale 0 only local detail. A conditional
+        model decodes at ``context``.
         """
         latent = tuple(int(d) for d in self.base_distribution.event_shape)
         z = self._check_x(z, "z", latent)
         where = tf.constant(self.latent_scales() == int(scale))
         fresh = self.base_distribution.sample(tf.shape(z)[0], seed=seed)
         fresh = fresh * tf.cast(temperature, fresh.dtype)
-        return self.bijector.forward(tf.where(where, fresh, z))
+        z = tf.where(where, fresh, z)
+        return self.bijector.forward(z, **self._condition(context, z, len(latent)))

@@ -10,7 +10,12 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_nice.bijectors import AdditiveCoupling, DiagonalScale
-from tfp_nice.presets._common import Preset, alternating_couplings, vector_flow_start
+from tfp_nice.presets._common import (
+    Conditioning,
+    Preset,
+    alternating_couplings,
+    vector_flow_start,
+)
 
 tfb = tfp.bijectors
 
@@ -36,6 +41,13 @@ class NICE(Preset):
       data_scale: if given, data live on ``[data_low, data_low + data_scale)`` (e.g. 17 for
         dequantized digits, 256 for 8-bit pixels) and are rescaled to ``[0, 1)``.
       data_low: the lower end of the data range.
+      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
+        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
+      context_shape: a vector context's shape ``[k]``.
+      conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
+        it), ``"prior"`` (a learned per-class latent mean and scale, FlowGMM, via
+        :class:`~tfp_nice.ContextAffine`; shared couplings) or ``"both"`` (default: the
+        best on the digits, ``bench/conditioning_digits.md``).
       **kwargs: ``keras.Model`` arguments.
 
     Example:
@@ -57,37 +69,48 @@ class NICE(Preset):
         mask: str = "even_odd",
         data_scale: float | None = None,
         data_low: float = 0.0,
+        num_classes: int | None = None,
+        context_shape: Sequence[int] | None = None,
+        conditioning: str = "both",
         **kwargs,
     ):
         event_shape, num_couplings, base, first, steps = vector_flow_start(
             event_shape, num_couplings, prior, mask, data_scale, data_low, None)
         size = first.num_masked + first.num_transformed
+        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
         steps += alternating_couplings(
             num_couplings, first, hidden_units, activation,
-            lambda net, m, i: AdditiveCoupling(net, mask=m, name=f"additive_coupling_{i}"),
+            lambda net, m, i: AdditiveCoupling(net, mask=m, name=f"additive_coupling_{i}",
+                                               conditional=cond.couplings),
             units_per_unit=1,
         )
         steps.append(DiagonalScale([size], name="diagonal_scale"))
-        super().__init__(base, steps, **kwargs)
+        steps += cond.prior_steps([size])
+        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
         self._preset_config = dict(
             event_shape=list(event_shape), num_couplings=num_couplings,
             hidden_units=list(hidden_units), activation=activation, prior=prior, mask=mask,
-            data_scale=data_scale, data_low=data_low,
+            data_scale=data_scale, data_low=data_low, **cond.config(),
         )
 
-    def initialize_scale(self, x) -> np.ndarray:
+    def initialize_scale(self, x, context=None) -> np.ndarray:
         """Data-dependent initialisation of the diagonal scaling (like Glow's ActNorm).
 
         Sets ``s`` so that ``f^-1(x)`` has the prior's standard deviation in every dimension
         on the batch ``x``: ``s_d = log(std_d / std_prior)`` (``std_d`` floored at 1e-3).
         Call it before training, on a batch of (dequantized) training data; the paper
         starts from ``s = 0`` instead, which makes near-constant pixels (image borders)
-        take hundreds of epochs to fit. Returns the new ``s``.
+        take hundreds of epochs to fit. A conditional NICE takes the batch's ``context`` (its
+        labels) too. Returns the new ``s``.
         """
         x = self._check_x(x)
-        h = tfb.Chain(self.steps[:-1]).inverse(x)
+        chain = tfb.Chain(self.steps[: self._diagonal_index()])
+        h = chain.inverse(x, **self._condition(context, x, len(self.event_shape), bijector=chain))
         std = tf.maximum(tf.math.reduce_std(h, axis=0), tf.constant(1e-3, h.dtype))
         log_scale = tf.math.log(std / self.base_distribution.distribution.stddev())
-        layer = self.steps[-1].log_scale
+        layer = self.steps[self._diagonal_index()].log_scale
         layer.log_scale.assign(tf.cast(log_scale, layer.log_scale.dtype))
         return log_scale.numpy()
+
+    def _diagonal_index(self) -> int:
+        return next(i for i, b in enumerate(self.steps) if isinstance(b, DiagonalScale))

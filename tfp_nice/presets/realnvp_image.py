@@ -15,7 +15,13 @@ from tfp_nice.bijectors import (
     FactorOut,
     Squeeze,
 )
-from tfp_nice.presets._common import Preset, check_logit, data_steps, preset_event_shape
+from tfp_nice.presets._common import (
+    Conditioning,
+    Preset,
+    check_logit,
+    data_steps,
+    preset_event_shape,
+)
 from tfp_nice.presets._multiscale import MultiScale
 
 tfb = tfp.bijectors
@@ -45,10 +51,12 @@ def _couplings(first: masks.Mask, count: int, width: int, prefix: str, hp: dict)
         if hp["coupling"] == "affine":
             net = _net(hp["conditioner"], 2 * c, width, hp["num_blocks"], hp["l2"], f"{name}_net")
             steps.append(AffineCoupling(net, mask=m, scale=hp["scale"],
-                                        conditioner_input="masked", name=name))
+                                        conditioner_input="masked", name=name,
+                                        conditional=hp["conditional"]))
         else:
             net = _net(hp["conditioner"], c, width, hp["num_blocks"], hp["l2"], f"{name}_net")
-            steps.append(AdditiveCoupling(net, mask=m, conditioner_input="masked", name=name))
+            steps.append(AdditiveCoupling(net, mask=m, conditioner_input="masked", name=name,
+                                          conditional=hp["conditional"]))
         if hp["normalization"] == "batch_norm":
             steps.append(BatchNorm(channels=c, name=f"{name}_batch_norm"))
         elif hp["normalization"] == "act_norm":
@@ -116,6 +124,13 @@ class RealNVPImage(MultiScale, Preset):
       l2: L2 penalty on the weight-norm gains (RealNVP: ``5e-5``); it is added to the loss.
       prior: ``"normal"`` (the paper) or ``"logistic"``.
       data_scale, data_low, logit_alpha: preprocessing as in :class:`RealNVP`.
+      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
+        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
+      context_shape: a vector context's shape ``[k]``.
+      conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
+        it, as constant feature maps), ``"prior"`` (a learned per-class latent mean and
+        scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`; shared couplings) or
+        ``"both"`` (default: the best on the digits, ``bench/conditioning_digits.md``).
       **kwargs: ``keras.Model`` arguments.
 
     Example:
@@ -142,9 +157,13 @@ class RealNVPImage(MultiScale, Preset):
         data_scale: float | None = None,
         data_low: float = 0.0,
         logit_alpha: float | None = None,
+        num_classes: int | None = None,
+        context_shape=None,
+        conditioning: str = "both",
         **kwargs,
     ):
         shape = preset_event_shape(event_shape)
+        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
         if len(shape) != 3:
             raise ValueError(
                 "RealNVPImage: `event_shape` must be [height, width, channels]. "
@@ -167,11 +186,13 @@ class RealNVPImage(MultiScale, Preset):
                 f"divisible by 2**(num_scales - 1) = {div}. Received: event_shape={list(shape)}"
             )
         check_logit(logit_alpha, data_scale)
-        steps = data_steps(data_scale, data_low, logit_alpha) + _scale_steps(list(shape), 0, hp)
-        super().__init__(priors.get(prior, list(shape)), steps, **kwargs)
+        steps = data_steps(data_scale, data_low, logit_alpha) + _scale_steps(
+            list(shape), 0, dict(hp, conditional=cond.couplings))
+        steps += cond.prior_steps(list(shape))
+        super().__init__(priors.get(prior, list(shape)), steps, **cond.model_kwargs(), **kwargs)
         self._preset_config = dict(
             event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
-            data_low=data_low, logit_alpha=logit_alpha,
+            data_low=data_low, logit_alpha=logit_alpha, **cond.config(),
         )
 
     @property

@@ -30,21 +30,33 @@ def _step_weights(b) -> list:
     return ws + [v for v in found.variables if v.trainable]
 
 
-def _step_apply(b, x: tf.Tensor, event_ndims: int, inverse: bool):
+def _step_apply(b, x: tf.Tensor, event_ndims: int, inverse: bool, condition: dict):
     """One step of the run, no tape: ``(output, log-det or None)``."""
     if isinstance(b, CouplingBase):  # fused: through the coupling protocol
         mask, x1, x2 = b.coupling_split(x, "y" if inverse else "x")
-        out2, ldj = b.coupling_transform(x2, b.coupling_parameters(x1, x, mask), inverse)
+        params = b.coupling_parameters(x1, x, mask, **condition)
+        out2, ldj = b.coupling_transform(x2, params, inverse)
         return mask.merge(x1, out2), _reduce_ldj(ldj, event_ndims - mask.event_ndims)
     if inverse:
-        return b.inverse(x), b.inverse_log_det_jacobian(x, event_ndims=event_ndims)
-    return b.forward(x), b.forward_log_det_jacobian(x, event_ndims=event_ndims)
+        return (b.inverse(x, **condition),
+                b.inverse_log_det_jacobian(x, event_ndims=event_ndims, **condition))
+    return (b.forward(x, **condition),
+            b.forward_log_det_jacobian(x, event_ndims=event_ndims, **condition))
 
 
-def _step_backward(b, out, dout, dldj, event_ndims, inverse, sink):
-    """Reconstructs the step's input from ``out`` and backprops ``(dout, dldj)`` through it."""
+def _condition_tensors(condition: dict) -> list:
+    """The differentiable (floating-point tensor) values of a step's condition."""
+    return [v for v in tf.nest.flatten(condition) if tf.is_tensor(v) and v.dtype.is_floating]
+
+
+def _step_backward(b, out, dout, dldj, event_ndims, inverse, sink, condition):
+    """Reconstructs the step's input from ``out`` and backprops ``(dout, dldj)`` through it.
+
+    Returns ``(input, d input, {id(condition tensor): its gradient})``.
+    """
     out = after(out, dout, dldj)
     src = sink.sources(_step_weights(b))
+    cond = _condition_tensors(condition)
     if isinstance(b, CouplingBase):
         mask, o1, o2 = b.coupling_split(out, "x" if inverse else "y")
         # o1 is also the input's pass-through half
@@ -52,9 +64,10 @@ def _step_backward(b, out, dout, dldj, event_ndims, inverse, sink):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(o1)
             tape.watch(src)
+            tape.watch(cond)
             # A "masked" conditioner sees merge(o1, o2) * mask = input * mask (o1's units only).
             full = mask.merge(o1, o2) if b.conditioner_input != "flat" else None
-            params = b.coupling_parameters(o1, full, mask)
+            params = b.coupling_parameters(o1, full, mask, **condition)
             with tape.stop_recording():  # the reconstruction needs no gradient
                 in2, _ = b.coupling_transform(o2, params, not inverse)
             tape.watch(in2)
@@ -64,50 +77,71 @@ def _step_backward(b, out, dout, dldj, event_ndims, inverse, sink):
             if ldj is not None:
                 targets.append(tf.broadcast_to(ldj, tf.shape(dldj)))
                 out_grads.append(dldj)
-        grads = tape.gradient(targets, [o1, in2] + src, output_gradients=out_grads)
-        sink.add(src, grads[2:])
+        grads = tape.gradient(targets, [o1, in2] + cond + src, output_gradients=out_grads)
+        sink.add(src, grads[2 + len(cond):])
         # o1 passes through unchanged (gradient d1) and feeds the conditioner (grads[0]).
         d_o1 = d1 if grads[0] is None else d1 + grads[0]
-        return mask.merge(o1, in2), mask.merge(d_o1, or_zeros(grads[1], in2))
+        d_cond = {id(c): g for c, g in zip(cond, grads[2:2 + len(cond)])}
+        return mask.merge(o1, in2), mask.merge(d_o1, or_zeros(grads[1], in2)), d_cond
     # Generic exactly-invertible step. tf.identity defeats TFP's bijector cache, which would
     # otherwise hand back the forward pass's tensors instead of recomputing.
-    inp = tf.identity((b.forward if inverse else b.inverse)(tf.identity(out)))
+    back = b.forward if inverse else b.inverse
+    inp = tf.identity(back(tf.identity(out), **condition))
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(inp)
         tape.watch(src)
-        re, ldj = _step_apply(b, inp, event_ndims, inverse)
+        tape.watch(cond)
+        re, ldj = _step_apply(b, inp, event_ndims, inverse, condition)
         ldj = tf.broadcast_to(ldj, tf.shape(dldj))
-    grads = tape.gradient([re, ldj], [inp] + src, output_gradients=[dout, dldj])
-    sink.add(src, grads[1:])
-    return inp, or_zeros(grads[0], inp)
+    grads = tape.gradient([re, ldj], [inp] + cond + src, output_gradients=[dout, dldj])
+    sink.add(src, grads[1 + len(cond):])
+    d_cond = {id(c): g for c, g in zip(cond, grads[1:1 + len(cond)])}
+    return inp, or_zeros(grads[0], inp), d_cond
 
 
-def _flow_memory_saving(x: tf.Tensor, steps, event_ndims: int, inverse: bool):
-    """``(output, total log-det)`` of ``steps`` (Chain order) with the memory-saving gradient."""
-    order = list(steps) if inverse else list(steps)[::-1]
+def _flow_memory_saving(x: tf.Tensor, steps, event_ndims: int, inverse: bool,
+                        conditions: list):
+    """``(output, total log-det)`` of ``steps`` (Chain order) with the memory-saving gradient.
+
+    ``conditions[k]`` is step ``k``'s condition keyword arguments; their floating-point
+    tensors are inputs of the custom gradient, so they get their gradients too.
+    """
+    order = list(zip(steps, conditions))
+    order = order if inverse else order[::-1]
+    leaves = tf.nest.flatten([c for _, c in order])
+    unique = list({id(v): v for v in leaves
+                   if tf.is_tensor(v) and v.dtype.is_floating}.values())
 
     @tf.custom_gradient
-    def run(x):
+    def run(x, *context):
+        inside = {id(v): c for v, c in zip(unique, context)}
+        conds = tf.nest.pack_sequence_as([c for _, c in order],
+                                         [inside.get(id(v), v) for v in leaves])
         batch = _math.leading_shape(x, event_ndims)
         h, total = x, tf.zeros(batch, x.dtype)
-        for b in order:
-            h, ldj = _step_apply(b, h, event_ndims, inverse)
+        for (b, _), cond in zip(order, conds):
+            h, ldj = _step_apply(b, h, event_ndims, inverse, cond)
             if ldj is not None:
                 total = total + ldj
         out = h
 
         def grad(dout, dldj, variables=None):
-            sink = GradientSink(variables, [_step_weights(b) for b in order])
+            sink = GradientSink(variables, [_step_weights(b) for b, _ in order])
             dh = or_zeros(dout, out)
             dldj = or_zeros(dldj, total)
+            d_context = {id(c): None for c in context}
             h = out
-            for b in reversed(order):
-                h, dh = _step_backward(b, h, dh, dldj, event_ndims, inverse, sink)
-            return dh, sink.result()
+            for (b, _), cond in reversed(list(zip(order, conds))):
+                h, dh, d_cond = _step_backward(b, h, dh, dldj, event_ndims, inverse, sink, cond)
+                for key, g in d_cond.items():
+                    if g is not None:
+                        prev = d_context[key]
+                        d_context[key] = g if prev is None else prev + g
+            return (dh, *[d_context[id(c)] for c in context]), sink.result()
 
         return (out, total), grad
 
-    return run(x)
+    return run(x, *unique)
 
 
 #: Shape-preserving, exactly invertible steps besides couplings (generic backward pass).
@@ -141,7 +175,9 @@ class ReversibleFlow(tfb.Bijector):
     ``tfb.Permute`` (generic pass: reconstruct, then re-run under the tape); all keep the event
     shape.
     Prefer ``FlowModel(..., memory_saving=True)``, which builds these runs for you and saves
-    and loads like any FlowModel.
+    and loads like any FlowModel. Condition keyword arguments are routed as by ``tfb.Chain``
+    (``flow.forward(x, step_name={"context": c})``); floating-point conditions get their
+    gradients too.
 
     Activation memory stays flat with ``jit_compile=True`` too: there an XLA optimization
     barrier, not a control dependency (which XLA drops), orders each reconstruction after its
@@ -220,32 +256,39 @@ class ReversibleFlow(tfb.Bijector):
         """Every Keras layer the steps use."""
         return graph.collect(self._steps, "steps").layers
 
-    def _ensure_built(self, x: tf.Tensor, inverse: bool) -> None:
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()  # its steps are tfp_nice steps and tfb.Permute: batch shape []
+
+    def _ensure_built(self, x: tf.Tensor, inverse: bool, conditions: list) -> None:
         # Variables must not be created inside tf.custom_gradient: build with one plain pass.
         if all(getattr(layer, "built", True) for layer in self.keras_layers):
             return
-        for b in self._steps if inverse else self._steps[::-1]:
-            x = b.inverse(x) if inverse else b.forward(x)
+        order = list(zip(self._steps, conditions))
+        for b, cond in order if inverse else order[::-1]:
+            x = b.inverse(x, **cond) if inverse else b.forward(x, **cond)
 
-    def _run(self, x, inverse: bool):
-        self._ensure_built(x, inverse)
-        return _flow_memory_saving(x, self._steps, self._event_ndims, inverse)
+    def _run(self, x, inverse: bool, kwargs: dict):
+        # As tfb.Chain: each step's condition keyword arguments are kwargs[step.name].
+        conditions = [kwargs.get(b.name, {}) for b in self._steps]
+        self._ensure_built(x, inverse, conditions)
+        return _flow_memory_saving(x, self._steps, self._event_ndims, inverse, conditions)
 
-    def _forward(self, x):
-        y, fldj = self._run(x, inverse=False)
-        compat.store_forward_log_det(self, x, fldj)
+    def _forward(self, x, **kwargs):
+        y, fldj = self._run(x, False, kwargs)
+        compat.store_forward_log_det(self, x, fldj, **kwargs)
         return y
 
-    def _inverse(self, y):
-        x, ildj = self._run(y, inverse=True)
-        compat.store_inverse_log_det(self, y, ildj)
+    def _inverse(self, y, **kwargs):
+        x, ildj = self._run(y, True, kwargs)
+        compat.store_inverse_log_det(self, y, ildj, **kwargs)
         return x
 
-    def _forward_log_det_jacobian(self, x):
-        return self._run(x, inverse=False)[1]
+    def _forward_log_det_jacobian(self, x, **kwargs):
+        return self._run(x, False, kwargs)[1]
 
-    def _inverse_log_det_jacobian(self, y):
-        return self._run(y, inverse=True)[1]
+    def _inverse_log_det_jacobian(self, y, **kwargs):
+        return self._run(y, True, kwargs)[1]
 
 
 def memory_saving_steps(steps: Sequence, latent_event_shape) -> list:

@@ -30,13 +30,14 @@ def exit_code(argv) -> int:
         return e.code
 
 
-def digest(directory) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file below ``directory`` but ``run.lock`` (a lock
-    file whose content is the pid of the last process that held it)."""
+def digest(directory, skip=("run.lock",)) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file below ``directory`` but those named in ``skip``
+    (by default ``run.lock``, a lock file whose content is the pid of the last process that
+    held it)."""
     out = {}
     for root, _, files in os.walk(directory):
         for f in files:
-            if f == "run.lock":
+            if f in skip:
                 continue
             p = os.path.join(root, f)
             with open(p, "rb") as fh:

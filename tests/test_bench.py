@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
+from _cli import ENV
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,3 +88,41 @@ def test_unknown_model_names_are_refused(gpu, capsys):
     with pytest.raises(SystemExit):
         gpu._parse(["--models", "realnvp-28,glow-99"])
     assert "unknown model 'glow-99'" in capsys.readouterr().err
+
+
+# --- bench/image_quality.py ----------------------------------------------------------------------
+def test_image_quality_bench_takes_user_28x28_uint8_images_and_rejects_vectors(tmp_path):
+    """`bench/image_quality.py --data PATH` trains on the user's [N, 28, 28, 1] uint8 images."""
+    images = np.random.default_rng(0).integers(0, 256, [120, 28, 28, 1]).astype(np.uint8)
+    np.save(tmp_path / "mine.npy", images)
+    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "image_quality.py")
+    proc = subprocess.run([sys.executable, bench, "--quick", "--seconds", "1", "--models", "nice",
+                           "--batch", "16", "--data", str(tmp_path / "mine.npy")],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "# Image quality at equal training time (28x28 images" in proc.stdout
+    assert "[28, 28, 1]" in proc.stdout and "256 levels" in proc.stdout
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| nice |"))
+    assert math.isfinite(float(row.split("**")[-2]))  # held-out bits/dim
+    np.save(tmp_path / "vectors.npy", np.random.default_rng(1).standard_normal([120, 5]))
+    proc = subprocess.run([sys.executable, bench, "--quick", "--data",
+                           str(tmp_path / "vectors.npy")],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 2 and "--data must hold images [N, H, W, C]" in proc.stderr
+
+
+def test_image_quality_bench_trains_glow_on_28x28_images(tmp_path):
+    """`bench/image_quality.py --models glow --data PATH` (with a tiny --glow-kwargs variant)."""
+    images = np.random.default_rng(0).integers(0, 256, [120, 28, 28, 1]).astype(np.uint8)
+    np.save(tmp_path / "mine.npy", images)
+    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "image_quality.py")
+    proc = subprocess.run([sys.executable, bench, "--quick", "--seconds", "1", "--models", "glow",
+                           "--batch", "16", "--data", str(tmp_path / "mine.npy"),
+                           "--glow-kwargs", '{"num_steps": 1, "filters": 8}'],
+                          capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| glow "))
+    assert '"num_steps": 1' in row and math.isfinite(float(row.split("**")[-2]))
+    proc = subprocess.run([sys.executable, bench, "--quick", "--models", "glow,flow++"],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 2 and "--models must be a comma-separated subset" in proc.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import counting, mlp
 
 import tfp_nice as tn
 from tfp_nice import masks, testing
@@ -20,8 +21,7 @@ F64 = "float64"
 
 
 def _mlp(units, dtype=F64, hidden=(16, 16), activation="tanh"):
-    return tn.MLPConditioner(units, hidden, activation=activation, zero_init_output=False,
-                             dtype=dtype)
+    return mlp(units, hidden, dtype=dtype, activation=activation)
 
 
 def _additive(mask=None, dtype=F64, **split):
@@ -321,12 +321,7 @@ def test_sixteen_stacked_affine_couplings_round_trip_in_float32():
     assert rel <= 1e-4, rel
 
 
-class _CountingLayer(tn.MLPConditioner):
-    calls = 0
-
-    def call(self, inputs):
-        type(self).calls += 1
-        return super().call(inputs)
+_CountingLayer = counting(tn.MLPConditioner)
 
 
 @pytest.mark.parametrize("cls", [tn.AffineCoupling, tn.AdditiveCoupling])
@@ -338,12 +333,12 @@ def test_one_conditioner_call_per_log_prob(cls):
                                                      tfb.Chain(steps))
     x = tf.constant(np.random.randn(5, 4), tf.float32)
     dist.log_prob(x)  # builds the layers
-    _CountingLayer.calls = 0
+    _CountingLayer.total = 0
     dist.log_prob(tf.identity(x))
-    assert _CountingLayer.calls == 2
-    _CountingLayer.calls = 0
+    assert _CountingLayer.total == 2
+    _CountingLayer.total = 0
     tf.function(dist.log_prob)(x)  # one trace
-    assert _CountingLayer.calls == 2
+    assert _CountingLayer.total == 2
 
 
 def test_float32_conditioner_on_float64_data_returns_float64():

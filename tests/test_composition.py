@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
+from _factories import counting, mlp
 
 import tfp_nice
 from tfp_nice import AdditiveCoupling, AffineCoupling, FlowModel, MLPConditioner, masks, priors
@@ -30,8 +31,7 @@ TOL = 1e-10
 # --------------------------------------------------------------------------------------------
 # Tiny factories (float64, non-zero output layers so every coupling is a real transform).
 # --------------------------------------------------------------------------------------------
-def _mlp(output_units: int, hidden=(16,)) -> MLPConditioner:
-    return MLPConditioner(output_units, hidden, dtype="float64", zero_init_output=False)
+_mlp = mlp
 
 
 def _affine(d2: int, **split) -> AffineCoupling:
@@ -372,20 +372,9 @@ def test_flow_model_with_shift_keras_variable_passes_variables_trainable_check()
 # --------------------------------------------------------------------------------------------
 # One conditioner call per coupling per log_prob.
 # --------------------------------------------------------------------------------------------
-class CountingConditioner(keras.layers.Layer):
-    """An MLPConditioner that counts its (eager) calls."""
-
-    def __init__(self, output_units: int, **kwargs):
-        super().__init__(dtype="float64", **kwargs)
-        self.net = _mlp(output_units, hidden=(8,))
-        self.calls = 0
-
-    def build(self, input_shape):
-        self.net.build(input_shape)
-
-    def call(self, x):
-        self.calls += 1
-        return self.net(x)
+def CountingConditioner(output_units: int) -> MLPConditioner:  # noqa: N802 - a class-like factory
+    """An MLPConditioner that counts its calls (``.calls``)."""
+    return counting(MLPConditioner)(output_units, (8,), dtype="float64", zero_init_output=False)
 
 
 @pytest.mark.parametrize("kind", ["affine", "additive"])

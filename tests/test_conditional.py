@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -13,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import reload, run_on_two_cpus
 from sklearn.datasets import make_moons
 
 import tfp_nice as tn
@@ -115,9 +112,7 @@ def test_sample_at_labels_with_temperature_and_round_trip_encode_decode(trained)
 def test_keras_file_round_trip_keeps_the_condition_and_class_prior(trained, tmp_path):
     model, _ = trained
     model.set_class_prior(counts=[3, 1])
-    path = str(tmp_path / "conditional.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "conditional.keras")
     x, y = _moons(16, 6)
     assert loaded.num_classes == 2 and loaded.conditional
     np.testing.assert_array_equal(loaded.log_prob(x, y), model.log_prob(x, y))
@@ -309,8 +304,6 @@ _MIRRORED = textwrap.dedent(
     """
     import json
     import numpy as np, tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import tfp_nice as tn
 
@@ -343,11 +336,7 @@ _MIRRORED = textwrap.dedent(
 
 
 def test_mirrored_strategy_on_two_cpus_trains_a_conditional_flow_like_one_device():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_two_cpus(_MIRRORED)
     assert result["replicas"] == 2
     np.testing.assert_allclose(result["mirrored"], result["single"], rtol=1e-4)
     assert result["accuracy"] > 0.9

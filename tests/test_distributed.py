@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import run_on_two_cpus
 
 import tfp_nice as tn
 from tfp_nice import distributed
@@ -338,7 +337,7 @@ def test_fit_initialises_act_norm_on_the_first_batch_like_flow_model_fit():
     h_a = a.fit(X + 5.0, batch_size=64, epochs=1, shuffle=False, verbose=0)
     h_b = distributed.fit(b, X + 5.0, batch_size=64, epochs=1, shuffle=False, verbose=0)
     np.testing.assert_allclose(h_b.history["loss"], h_a.history["loss"], rtol=1e-5)
-    assert not b._needs_data_init()
+    assert b.steps[0].layer.is_initialized  # initialised from the first batch
 
 
 def test_fit_takes_a_dataset_of_global_batches_with_initial_epoch():
@@ -377,8 +376,6 @@ _MIRRORED = textwrap.dedent(
     """
     import json
     import numpy as np, tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import tfp_nice as tn
     from tfp_nice import distributed
@@ -409,11 +406,7 @@ _MIRRORED = textwrap.dedent(
 
 def test_fit_under_mirrored_strategy_on_two_cpus_logs_the_single_device_loss():
     """Batches of 33 split 16/17 across two replicas; the last (32) splits 16/16."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_two_cpus(_MIRRORED)
     one, two = result["none"], result["mirrored"]
     assert (one["replicas"], two["replicas"]) == (1, 2) and len(two["steps"]) == 14
     np.testing.assert_allclose(two["steps"], one["steps"], rtol=1e-5)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -13,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import reload, run_on_two_cpus
 from sklearn.datasets import make_moons
 
 import tfp_nice as tn
@@ -137,9 +134,7 @@ def test_keras_file_round_trip_keeps_log_prob_and_samples(tmp_path):
     x = np.random.randn(64, 4).astype("float32")
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.fit(x, batch_size=32, epochs=2, verbose=0)
-    path = str(tmp_path / "flow.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "flow.keras")
     assert type(loaded) is tn.FlowModel
     np.testing.assert_array_equal(loaded.log_prob(x), model.log_prob(x))
     np.testing.assert_array_equal(loaded.sample(5, seed=(4, 2)), model.sample(5, seed=(4, 2)))
@@ -159,8 +154,6 @@ _MIRRORED = textwrap.dedent(
     """
     import json, sys
     import numpy as np, tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, tensorflow_probability as tfp
     import tfp_nice as tn
     tfb = tfp.bijectors
@@ -195,11 +188,7 @@ _MIRRORED = textwrap.dedent(
 
 
 def test_mirrored_strategy_on_two_cpus_matches_single_device():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_two_cpus(_MIRRORED)
     assert result["replicas"] == 2
     assert "Mirrored" in result["var"] or "Distributed" in result["var"], result["var"]
     np.testing.assert_allclose(result["mirrored"], result["single"], rtol=1e-4)

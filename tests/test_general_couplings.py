@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import reload
 
 import tfp_nice as tn
 
@@ -96,9 +97,7 @@ def test_nsf_preset_trains_saves_and_loads(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(x, batch_size=64, epochs=4, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
-    path = str(tmp_path / "nsf.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "nsf.keras")
     assert type(loaded) is tn.NSF
     np.testing.assert_array_equal(loaded.log_prob(x[:8]), model.log_prob(x[:8]))
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import counting, reload
 
 import tfp_nice as tn
 from tfp_nice import testing
@@ -122,8 +120,7 @@ def test_fit_trains_every_weight_of_the_convolution_but_keeps_p_and_sign_fixed(t
     for name in ("permutation", "sign_s"):
         np.testing.assert_array_equal(after[name], before[name])
     # the .keras file restores every factor (P included), so log_prob and samples agree
-    model.save(tmp_path / "conv.keras")
-    loaded = keras.models.load_model(tmp_path / "conv.keras")
+    loaded = reload(model, tmp_path, "conv.keras")
     assert isinstance(loaded.steps[0], tn.Invertible1x1Conv)
     np.testing.assert_array_equal(_weight(loaded.steps[0].layer), _weight(conv))
     np.testing.assert_array_equal(loaded.log_prob(x[:8]), model.log_prob(x[:8]))
@@ -206,12 +203,7 @@ def test_glow_log_prob_is_the_exact_change_of_variables():
     np.testing.assert_allclose(model.log_prob(x), base + logdet, rtol=1e-4, atol=1e-2)
 
 
-class _Counting(tn.ConvConditioner):
-    calls = 0
-
-    def call(self, inputs):
-        type(self).calls += 1
-        return super().call(inputs)
+_Counting = counting(tn.ConvConditioner)
 
 
 def test_one_conditioner_call_per_glow_coupling_per_log_prob(monkeypatch):
@@ -220,12 +212,12 @@ def test_one_conditioner_call_per_glow_coupling_per_log_prob(monkeypatch):
     monkeypatch.setattr(glow, "ConvConditioner", _Counting)
     model = _tiny_glow()
     x = tf.constant(np.random.default_rng(2).uniform(0, 16.9, [4, 8, 8, 1]), tf.float32)
-    _Counting.calls = 0
+    _Counting.total = 0
     model.log_prob(x)
-    assert _Counting.calls == 5  # 4 couplings and the split prior
-    _Counting.calls = 0
+    assert _Counting.total == 5  # 4 couplings and the split prior
+    _Counting.total = 0
     tf.function(model.log_prob)(x)
-    assert _Counting.calls == 5
+    assert _Counting.total == 5
 
 
 def test_glow_coupling_contracts_the_data_to_latent_pass_like_glows_sigmoid():
@@ -249,9 +241,7 @@ def test_glow_fit_initialises_actnorm_trains_and_round_trips_through_keras(tmp_p
     history = model.fit(x, batch_size=32, epochs=3, verbose=0)
     assert all(a.layer.is_initialized for a in acts)
     assert history.history["loss"][-1] < history.history["loss"][0]
-    path = tmp_path / "glow.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "glow.keras")
     assert type(loaded) is tn.Glow and loaded.get_config() == model.get_config()
     np.testing.assert_array_equal(loaded.log_prob(x[:8]), model.log_prob(x[:8]))
     np.testing.assert_array_equal(loaded.sample(4, seed=(3, 4), temperature=0.7),
@@ -272,18 +262,3 @@ def test_glow_samples_at_temperature_and_redraws_one_scale():
     assert np.abs(np.asarray(again)[:, fine] - np.asarray(z)[:, fine]).max() > 0.1
 
 
-def test_image_quality_bench_trains_glow_on_28x28_images(tmp_path):
-    """`bench/image_quality.py --models glow --data PATH` (with a tiny --glow-kwargs variant)."""
-    images = np.random.default_rng(0).integers(0, 256, [120, 28, 28, 1]).astype(np.uint8)
-    np.save(tmp_path / "mine.npy", images)
-    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "image_quality.py")
-    proc = subprocess.run([sys.executable, bench, "--quick", "--seconds", "1", "--models", "glow",
-                           "--batch", "16", "--data", str(tmp_path / "mine.npy"),
-                           "--glow-kwargs", '{"num_steps": 1, "filters": 8}'],
-                          capture_output=True, text=True, env=ENV, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| glow "))
-    assert '"num_steps": 1' in row and math.isfinite(float(row.split("**")[-2]))
-    proc = subprocess.run([sys.executable, bench, "--quick", "--models", "glow,flow++"],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 2 and "--models must be a comma-separated subset" in proc.stderr

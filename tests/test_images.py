@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import reload, run_on_two_cpus
 
 import tfp_nice as tn
 from tfp_nice import masks, testing
@@ -267,9 +265,7 @@ def test_actnorm_initialises_on_the_first_batch_trains_under_fit_and_survives_re
     # training moved the initialised weights
     assert all(not np.allclose(s, a.layer.log_scale.numpy()) for s, a in zip(snapshots[0], acts))
     assert fresh.initialize_from_data(digits[:32]) == 0  # runs once
-    path = tmp_path / "actnorm.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "actnorm.keras")
     assert all(a.layer.is_initialized for a in _act_norms(loaded))
     np.testing.assert_array_equal(loaded.log_prob(digits[:8]), model.log_prob(digits[:8]))
 
@@ -322,9 +318,7 @@ def test_batchnorm_uses_batch_statistics_in_training_and_moving_averages_at_infe
     # sampling uses the moving averages: decode(encode(x)) == x
     np.testing.assert_allclose(model.decode(model.encode(xb)), xb, rtol=1e-4, atol=1e-4)
     # the moving statistics are saved with the model
-    path = tmp_path / "bn.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "bn.keras")
     loaded_layer = loaded.steps[0].layer
     np.testing.assert_array_equal(loaded_layer.moving_mean.numpy(), layer.moving_mean.numpy())
     np.testing.assert_array_equal(loaded_layer.moving_variance.numpy(),
@@ -345,8 +339,6 @@ def test_batchnorm_and_actnorm_check_their_arguments():
 MIRRORED = textwrap.dedent("""
     import json
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
     import tfp_nice as tn
     from tfp_nice import data as data_lib
@@ -376,16 +368,12 @@ MIRRORED = textwrap.dedent("""
                                 first_bn.layer.moving_mean.value.values]
     out["eval"] = float(model.evaluate(data_lib.as_dataset(s.test, s.spec, 128, training=False),
                                        verbose=0))
-    print("RESULT " + json.dumps(out))
+    print(json.dumps(out))
 """)
 
 
 def test_mirrored_strategy_on_two_logical_cpus_syncs_batchnorm_and_trains_realnvp_image():
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
-                          env=ENV, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = run_on_two_cpus(MIRRORED, timeout=900)
     assert out["replicas"] == 2
     # the moving statistics are those of the global batch (mean 1, variance 4) on both replicas,
     # not of either half (mean -1 or 3, variance 0)
@@ -398,54 +386,4 @@ def test_mirrored_strategy_on_two_logical_cpus_syncs_batchnorm_and_trains_realnv
 
 
 # --- the CLI ---------------------------------------------------------------------------------
-def _cli(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "tfp_nice.cli", *args], capture_output=True,
-                          text=True, env=ENV, timeout=timeout)
-
-
-def test_cli_trains_a_tiny_realnvp_image_on_digits_end_to_end(tmp_path):
-    out = tmp_path / "run"
-    proc = _cli("train", "--model", "realnvp-image", "--data", "digits", "--epochs", "1",
-                "--num-blocks", "1", "--filters", "4", "--batch-size", "419", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "bits/dim" in proc.stdout
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert math.isfinite(metrics["test_bits_per_dim"]) and metrics["epochs"] == 1
-    assert metrics["model"]["num_scales"] == 2 and metrics["model"]["filters"] == 4
-    for name in ("samples.png", "samples_per_scale.png", "model.keras"):
-        assert (out / name).stat().st_size > 0, name
-    model = keras.models.load_model(out / "model.keras")
-    assert isinstance(model, tn.RealNVPImage)
-    assert model.sample(3, seed=(1, 2), temperature=0.7).shape == (3, 8, 8, 1)
-
-
-def test_cli_rejects_image_options_for_vector_models_and_vector_data(tmp_path):
-    proc = _cli("train", "--model", "nice", "--filters", "8", "--out", str(tmp_path / "a"))
-    assert proc.returncode == 2 and "`filters` does not apply to model 'nice'" in proc.stderr
-    proc = _cli("train", "--model", "realnvp-image", "--num-couplings", "4",
-                "--out", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "num_scales, num_blocks and filters" in proc.stderr
-    proc = _cli("train", "--model", "realnvp-image", "--data", "moons",
-                "--out", str(tmp_path / "c"))
-    assert proc.returncode == 2 and "needs image data" in proc.stderr
-
-
 # --- the benchmark script's --data option --------------------------------------------------------
-def test_image_quality_bench_takes_user_28x28_uint8_images_and_rejects_vectors(tmp_path):
-    """`bench/image_quality.py --data PATH` trains on the user's [N, 28, 28, 1] uint8 images."""
-    images = np.random.default_rng(0).integers(0, 256, [120, 28, 28, 1]).astype(np.uint8)
-    np.save(tmp_path / "mine.npy", images)
-    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "image_quality.py")
-    proc = subprocess.run([sys.executable, bench, "--quick", "--seconds", "1", "--models", "nice",
-                           "--batch", "16", "--data", str(tmp_path / "mine.npy")],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "# Image quality at equal training time (28x28 images" in proc.stdout
-    assert "[28, 28, 1]" in proc.stdout and "256 levels" in proc.stdout
-    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| nice |"))
-    assert math.isfinite(float(row.split("**")[-2]))  # held-out bits/dim
-    np.save(tmp_path / "vectors.npy", np.random.default_rng(1).standard_normal([120, 5]))
-    proc = subprocess.run([sys.executable, bench, "--quick", "--data",
-                           str(tmp_path / "vectors.npy")],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 2 and "--data must hold images [N, H, W, C]" in proc.stderr

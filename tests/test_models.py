@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import reload
 
 import tfp_nice as tn
 from tfp_nice import preprocessing, testing
@@ -42,9 +43,7 @@ def test_preset_keras_round_trip_gives_identical_log_prob_and_samples(tmp_path, 
     x = np.random.default_rng(0).uniform(0, 16.9, [32, *shape]).astype("float32")
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.fit(x, batch_size=16, epochs=2, verbose=0)
-    path = tmp_path / "preset.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = reload(model, tmp_path, "preset.keras")
     assert type(loaded) is cls and loaded.get_config() == model.get_config()
     np.testing.assert_array_equal(loaded.log_prob(x), model.log_prob(x))
     np.testing.assert_array_equal(loaded.sample(4, seed=(3, 4)), model.sample(4, seed=(3, 4)))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import reload
 
 import tfp_nice as tn
 from tfp_nice.reversible import (
@@ -278,9 +279,7 @@ def test_keras_file_round_trip_of_a_reversible_model(tmp_path):
                               ReversibleSequential(_revnet(depth=2, dtype="float32")),
                               keras.layers.Dense(2)])
     x = np.random.randn(4, 8).astype("float32")
-    path = str(tmp_path / "revnet.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = reload(model, tmp_path, "revnet.keras")
     layer = loaded.layers[0]
     assert isinstance(layer, ReversibleSequential) and layer.memory_saving
     assert len(loaded.trainable_variables) == len(model.trainable_variables)
@@ -292,9 +291,7 @@ def test_keras_file_round_trip_of_a_memory_saving_flow(tmp_path):
     for v in model.trainable_variables:
         v.assign(v + 0.1 * np.random.randn(*v.shape).astype("float32"))
     x = np.random.randn(6, 4).astype("float32")
-    path = str(tmp_path / "flow.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = reload(model, tmp_path, "flow.keras")
     assert loaded.memory_saving and type(loaded.bijector).__name__ == "ReversibleFlow"
     np.testing.assert_allclose(loaded.log_prob(x), model.log_prob(x), rtol=1e-5)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from _factories import mlp
 
 from tfp_nice import (
     AdditiveCoupling,
@@ -210,8 +211,7 @@ def test_log_det_of_wrong_batch_shape_fails_batch_shape_check_with_assertion_err
 # --------------------------------------------------------------------------------------------
 # check_bijector passes good bijectors.
 # --------------------------------------------------------------------------------------------
-def _mlp(output_units):
-    return MLPConditioner(output_units, (16,), dtype="float64", zero_init_output=False)
+_mlp = mlp
 
 
 GOOD = {

@@ -28,6 +28,7 @@ from tfp_nice import masks as masks_lib
 from tfp_nice._internal import compat
 from tfp_nice._internal.checks import check_finite, check_floating, is_int
 from tfp_nice.bijectors import _conditioner_io as io
+from tfp_nice.bijectors._base import LayerBijector
 
 tfb = tfp.bijectors
 
@@ -37,7 +38,7 @@ __all__ = ["CONDITIONER_INPUTS", "CouplingBase"]
 CONDITIONER_INPUTS = ("flat", "masked")
 
 
-class CouplingBase(tfb.Bijector):
+class CouplingBase(LayerBijector):
     """Common parts of a coupling ``x -> (x1, x2) -> (x1, f(x2; conditioner(x1)))``.
 
     Subclasses implement :meth:`coupling_transform` and ``_conditioner_output_units`` and
@@ -138,12 +139,6 @@ class CouplingBase(tfb.Bijector):
         if fraction_masked is not None:
             masks_lib.check_fraction_masked(fraction_masked, self._owner)
         return None
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        # No batch-shaped parameters: the weights live in Keras layers, so
-        # `experimental_batch_shape()` is `[]` (as `tfb.RealNVP`'s).
-        return dict()
 
     # --- public introspection ----------------------------------------------------------------
     @property

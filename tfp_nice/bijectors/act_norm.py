@@ -17,6 +17,7 @@ from tfp_nice._internal.checks import (
     check_floating,
     check_int,
 )
+from tfp_nice.bijectors._base import LayerBijector
 from tfp_nice.layers import ActNormLayer
 
 tfb = tfp.bijectors
@@ -46,7 +47,7 @@ def data_initialization(force: bool = False) -> Iterator[dict]:
 
 
 @serialization.register
-class ActNorm(tfb.Bijector):
+class ActNorm(LayerBijector):
     """Activation normalisation (Glow [4] §3.1): a per-channel affine map, Keras weights.
 
     With per-channel ``t_c`` (``loc``) and ``s_c`` (``log_scale``) over an event ``[H, W, C]``::
@@ -115,18 +116,10 @@ class ActNorm(tfb.Bijector):
             name=name,
         )
 
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        return dict()  # weights live in Keras layers: batch shape []
     @property
     def layer(self) -> ActNormLayer:
         """The layer holding ``loc``, ``log_scale`` and ``initialized``."""
         return self._layer
-
-    @property
-    def keras_layers(self) -> list:
-        return [self._layer]
 
     def _params(self, x: tf.Tensor, arg: str):
         check_floating(x, "ActNorm", arg)

@@ -14,6 +14,7 @@ from tfp_nice._internal.checks import (
     check_floating,
     check_int,
 )
+from tfp_nice.bijectors._base import LayerBijector
 from tfp_nice.layers import BatchNormLayer
 
 tfb = tfp.bijectors
@@ -22,7 +23,7 @@ __all__ = ["BatchNorm"]
 
 
 @serialization.register
-class BatchNorm(tfb.Bijector):
+class BatchNorm(LayerBijector):
     """Batch normalisation with its log-det (RealNVP [2] §3.7), trainable by Keras 3 ``fit``.
 
     Per channel ``c`` of an event ``[H, W, C]``, with statistics ``(mu_c, var_c)`` and learned
@@ -112,18 +113,10 @@ class BatchNorm(tfb.Bijector):
             name=name,
         )
 
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        return dict()  # weights live in Keras layers: batch shape []
     @property
     def layer(self) -> BatchNormLayer:
         """The layer holding the moving statistics, ``log_gamma`` and ``beta``."""
         return self._layer
-
-    @property
-    def keras_layers(self) -> list:
-        return [self._layer]
 
     def _shift_and_log_scale(self, x: tf.Tensor, arg: str, statistics: str):
         """``(t, s, event)`` of ``x = z * exp(s) + t``; ``statistics``: "call" or "moving"."""

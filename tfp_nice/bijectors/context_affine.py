@@ -13,6 +13,7 @@ from tfp_nice import _math, serialization
 from tfp_nice._internal import compat
 from tfp_nice._internal.checks import check_event_shape, check_floating
 from tfp_nice.bijectors import _conditioner_io as io
+from tfp_nice.bijectors._base import LayerBijector
 from tfp_nice.layers import MLPConditioner
 
 tfb = tfp.bijectors
@@ -21,7 +22,7 @@ __all__ = ["ContextAffine"]
 
 
 @serialization.register
-class ContextAffine(tfb.Bijector):
+class ContextAffine(LayerBijector):
     """``y = x * exp(s(c)) + t(c)`` with a shift and log-scale per context ``c`` [6].
 
     Placed nearest the latent (last in ``tfb.Chain`` order) over a ``N(0, I)`` base, it is a
@@ -86,10 +87,6 @@ class ContextAffine(tfb.Bijector):
             parameters=parameters,
             name=name,
         )
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        return dict()  # weights live in Keras layers: batch shape []
 
     @property
     def conditioner(self):

@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 
 from tfp_nice import _math, serialization
 from tfp_nice._internal.checks import check_finite, check_floating
+from tfp_nice.bijectors._base import LayerBijector
 from tfp_nice.layers import LogScale
 
 tfb = tfp.bijectors
@@ -18,7 +19,7 @@ __all__ = ["DiagonalScale"]
 
 
 @serialization.register
-class DiagonalScale(tfb.Bijector):
+class DiagonalScale(LayerBijector):
     """NICE's diagonal scaling [1] §3.3 with a learned log-scale ``s`` (a Keras weight)::
 
       forward:  y = x * exp(s)
@@ -74,10 +75,6 @@ class DiagonalScale(tfb.Bijector):
             name=name,
         )
 
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        return dict()  # weights live in Keras layers: batch shape []
     @property
     def log_scale(self) -> LogScale:
         """The layer holding ``s``."""

@@ -80,12 +80,12 @@ class FactorOut(tfb.Bijector):
             name=name,
         )
 
-
     @classmethod
     def _parameter_properties(cls, dtype):
         # The batch shape is the inner flow's.
         return dict(bijector=tfp.util.BatchedComponentProperties(
             event_ndims=lambda self, x_event_ndims: x_event_ndims))
+
     @property
     def bijector(self):
         """The inner flow ``g``."""

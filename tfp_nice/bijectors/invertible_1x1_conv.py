@@ -13,6 +13,7 @@ from tfp_nice._internal.checks import (
     check_floating,
     check_int,
 )
+from tfp_nice.bijectors._base import LayerBijector
 from tfp_nice.layers.invertible import Invertible1x1ConvLayer
 
 tfb = tfp.bijectors
@@ -21,7 +22,7 @@ __all__ = ["Invertible1x1Conv"]
 
 
 @serialization.register
-class Invertible1x1Conv(tfb.Bijector):
+class Invertible1x1Conv(LayerBijector):
     """Invertible 1x1 convolution (Glow [4] §3.2): a learned linear map of the channels.
 
     With the LU-decomposed ``C x C`` weight ``W = P L (U + diag(sign_s * exp(log_s)))``
@@ -95,10 +96,6 @@ class Invertible1x1Conv(tfb.Bijector):
     def layer(self) -> Invertible1x1ConvLayer:
         """The layer holding ``P``, ``L``, ``U``, ``sign_s`` and ``log_s``."""
         return self._layer
-
-    @property
-    def keras_layers(self) -> list:
-        return [self._layer]
 
     def _factors(self, x: tf.Tensor, arg: str):
         check_floating(x, "Invertible1x1Conv", arg)

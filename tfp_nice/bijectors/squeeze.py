@@ -8,6 +8,7 @@ import tensorflow_probability as tfp
 
 from tfp_nice import _math, serialization
 from tfp_nice._internal.checks import check_finite, check_floating
+from tfp_nice.bijectors._base import LayerBijector
 
 tfb = tfp.bijectors
 
@@ -18,7 +19,7 @@ CHANNEL_ORDERS = ("channel_major", "checkerboard")
 
 
 @serialization.register
-class Squeeze(tfb.Bijector):
+class Squeeze(LayerBijector):
     """Squeeze [2] §3.6: each ``f × f`` block of pixels becomes ``f²`` channels.
 
     ::
@@ -95,10 +96,6 @@ class Squeeze(tfb.Bijector):
             name=name,
         )
 
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        return dict()  # weights live in Keras layers: batch shape []
     @property
     def factor(self) -> int:
         return self._factor
@@ -106,11 +103,6 @@ class Squeeze(tfb.Bijector):
     @property
     def channel_order(self) -> str:
         return self._channel_order
-
-    @property
-    def keras_layers(self) -> list:
-        """None: a squeeze has no weights."""
-        return []
 
     # --- shapes ------------------------------------------------------------------------------
     def _image_dims(self, shape, arg: str) -> tuple[int, int, int]:

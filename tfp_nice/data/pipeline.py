@@ -63,24 +63,27 @@ def as_dataset(
             f"Received: x.shape={list(x.shape)}"
         )
     ds = _examples(x, labels)
-    noise = _add_uniform_noise if spec.num_levels is not None else None
     if training:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, drop_remainder=False)
-        if noise:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            ds = tf.data.Dataset.zip((ds, seeds.batch(2))).map(
-                lambda b, s: _on_x(b, lambda xb: noise(xb, s)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.batch(batch_size, drop_remainder=False)
-        if noise:  # the estimator the serving export uses too (one place)
-            event_ndims = len(spec.event_shape)
-            ds = ds.map(lambda *b: _on_x(b, lambda xb: preprocessing.dequantize(
-                xb, seed, event_ndims)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if spec.num_levels is not None:
+        ds = _dequantized(ds, training, seed, len(spec.event_shape))
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _dequantized(ds: tf.data.Dataset, training: bool, seed: int,
+                 event_ndims: int) -> tf.data.Dataset:
+    """Batches of discrete values made continuous: fresh uniform noise per epoch for training,
+    the deterministic held-out estimator (the one the serving export uses) otherwise."""
+    if training:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        return tf.data.Dataset.zip((ds, seeds.batch(2))).map(
+            lambda b, s: _on_x(b, lambda xb: _add_uniform_noise(xb, s)),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda *b: _on_x(b, lambda xb: preprocessing.dequantize(
+        xb, seed, event_ndims)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _examples(x: np.ndarray, labels: np.ndarray | None) -> tf.data.Dataset:

@@ -62,8 +62,8 @@ def fit(model, x, *, batch_size: int | None = None, epochs: int = 1, initial_epo
         *global* batches (tuples: the first item), identical on every worker.
       batch_size: global batch size for arrays (default 32), split across all replicas.
       epochs: train until this epoch index (as in ``fit``).
-      initial_epoch: epoch to start from; a restored checkpoint or a callback setting
-        Keras' ``_initial_epoch`` (``BackupAndRestore``) can move it later.
+      initial_epoch: epoch to start from; a restored checkpoint or a callback that moves
+        Keras' initial epoch (``BackupAndRestore``) can move it later.
       validation_data: array or dataset evaluated after each epoch (``val_loss``).
       validation_batch_size: its global batch size (default ``batch_size``).
       callbacks: Keras callbacks; a ``History`` is added and returned.
@@ -89,7 +89,35 @@ def fit(model, x, *, batch_size: int | None = None, epochs: int = 1, initial_epo
     seed = check_int(seed, "seed", minimum=0)
     strategy = strategy if strategy is not None else model.distribute_strategy
     _check_model(model, strategy)
-    chief = is_chief(strategy)
+    steps, restored = _prepare(model, x, strategy, batch_size, shuffle, seed, initial_epoch,
+                               checkpoint, jit_compile)
+    history = keras.callbacks.History()
+    verbose = 1 if verbose == "auto" else verbose
+    cbs = keras.callbacks.CallbackList(
+        [*(callbacks or []), history], add_history=False,
+        add_progbar=bool(verbose) and is_chief(strategy), verbose=verbose, epochs=epochs,
+        steps=inputs.num_batches(x, batch_size), model=model)
+    model.stop_training = False
+    cbs.on_train_begin()
+    logs = None
+    for epoch in range(max(initial_epoch, restored or 0, compat.keras_initial_epoch(model) or 0),
+                       epochs):
+        logs = _epoch(steps, cbs, epoch, inputs.epoch_dataset(x, batch_size, shuffle, seed, epoch),
+                      validation_data, validation_batch_size or batch_size, seed)
+        if checkpoint is not None and is_chief(strategy):
+            checkpoint.save(epoch + 1, read_state(model))
+        if steps.should_stop():
+            break
+    if epochs > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+    cbs.on_train_end(logs)
+    return history
+
+
+def _prepare(model, x, strategy, batch_size, shuffle, seed, initial_epoch, checkpoint,
+             jit_compile) -> tuple:
+    """Builds the optimizer, restores the chief's checkpoint (or initialises data-dependent
+    steps from the first batch); returns the step runner and the restored epoch (or None)."""
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if jit_compile is None:
         jit_compile = bool(model.jit_compile) and strategy.num_replicas_in_sync == 1 and (
@@ -102,37 +130,22 @@ def fit(model, x, *, batch_size: int | None = None, epochs: int = 1, initial_epo
         first = next(iter(inputs.epoch_dataset(x, batch_size, shuffle, seed, initial_epoch)))
         with strategy.scope():
             model.initialize_from_data(first)
-    steps = _Steps(model, strategy, jit_compile, multi_worker)
-    history = keras.callbacks.History()
-    verbose = 1 if verbose == "auto" else verbose
-    cbs = keras.callbacks.CallbackList(
-        [*(callbacks or []), history], add_history=False, add_progbar=bool(verbose) and chief,
-        verbose=verbose, epochs=epochs, steps=inputs.num_batches(x, batch_size), model=model)
-    model.stop_training = False
-    cbs.on_train_begin()
-    start = max(initial_epoch, restored or 0, compat.keras_initial_epoch(model) or 0)
-    logs = None
-    for epoch in range(start, epochs):
-        cbs.on_epoch_begin(epoch)
-        data = inputs.epoch_dataset(x, batch_size, shuffle, seed, epoch)
-        epoch_logs = _run_epoch(steps, cbs, data, train=True)
-        if validation_data is not None:
-            val = inputs.epoch_dataset(validation_data, validation_batch_size or batch_size,
-                                       False, seed, 0, arg="validation_data")
-            cbs.on_test_begin()
-            val_logs = _run_epoch(steps, cbs, val, train=False)
-            cbs.on_test_end(val_logs)
-            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-        cbs.on_epoch_end(epoch, epoch_logs)
-        if checkpoint is not None and chief:
-            checkpoint.save(epoch + 1, read_state(model))
-        logs = epoch_logs
-        if steps.should_stop():
-            break
-    if epochs > 0 and isinstance(model.optimizer, keras.optimizers.Optimizer):
-        model.optimizer.finalize_variable_values(model.trainable_weights)
-    cbs.on_train_end(logs)
-    return history
+    return _Steps(model, strategy, jit_compile, multi_worker), restored
+
+
+def _epoch(steps, cbs, epoch: int, data, validation_data, validation_batch_size, seed) -> dict:
+    """One training epoch and its validation pass, between the epoch callbacks; its logs."""
+    cbs.on_epoch_begin(epoch)
+    epoch_logs = _run_epoch(steps, cbs, data, train=True)
+    if validation_data is not None:
+        val = inputs.epoch_dataset(validation_data, validation_batch_size, False, seed, 0,
+                                   arg="validation_data")
+        cbs.on_test_begin()
+        val_logs = _run_epoch(steps, cbs, val, train=False)
+        cbs.on_test_end(val_logs)
+        epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+    cbs.on_epoch_end(epoch, epoch_logs)
+    return epoch_logs
 
 
 def _check_model(model, strategy) -> None:

@@ -1,12 +1,5 @@
-"""``save_for_serving``: the model as a TF Serving SavedModel, in a new version directory.
-
-Example:
-  >>> import tempfile, tfp_nice as tn
-  >>> model = tn.RealNVP([2], num_couplings=2, hidden_units=(8,))
-  >>> path = save_for_serving(model, tempfile.mkdtemp() + "/moons")
-  >>> path.endswith("moons/1")
-  True
-"""
+"""``save_for_serving``: the model as a TF Serving SavedModel, in a new version directory
+(its example is in the package docstring of :mod:`tfp_nice.export`)."""
 
 from __future__ import annotations
 

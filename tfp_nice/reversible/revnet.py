@@ -166,29 +166,30 @@ def _revnet_backward(blocks, y, dy, variables):
     y1, y2 = _halves(y)
     dy1, dy2 = _halves(dy)
     for b in reversed(blocks):
-        # y2 = x2 + G(y1): one G call serves the reconstruction of x2 and G's backward.
         y1, y2 = after(y1, dy1, dy2), after(y2, dy1, dy2)
+        # y2 = x2 + G(y1): one G call serves the reconstruction of x2 and G's backward.
         src = sink.sources(trainable(b.g))
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(y1)
-            tape.watch(src)
-            g_out = b._g(y1)  # noqa: SLF001
-        x2 = _math.additive_inverse(y2, g_out)
-        grads = tape.gradient(g_out, [y1] + src, output_gradients=dy2)
-        dy1 = dy1 + or_zeros(grads[0], y1)  # total gradient of y1
-        sink.add(src, grads[1:])
+        x2, dy, grads = _undo_half(b._g, y1, y2, src, dy2)  # noqa: SLF001
+        dy1 = dy1 + dy  # total gradient of y1
+        sink.add(src, grads)
         # y1 = x1 + F(x2): one F call serves x1 and F's backward.
         src = sink.sources(trainable(b.f))
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x2)
-            tape.watch(src)
-            f_out = b._f(x2)  # noqa: SLF001
-        x1 = _math.additive_inverse(y1, f_out)
-        grads = tape.gradient(f_out, [x2] + src, output_gradients=dy1)
-        dy2 = dy2 + or_zeros(grads[0], x2)  # dx2; dx1 = dy1
-        sink.add(src, grads[1:])
+        x1, dy, grads = _undo_half(b._f, x2, y1, src, dy1)  # noqa: SLF001
+        dy2 = dy2 + dy  # dx2; dx1 = dy1
+        sink.add(src, grads)
         y1, y2 = x1, x2
     return _merge(dy1, dy2), sink.result()
+
+
+def _undo_half(fn, u, v_out, src: list, dv: tf.Tensor) -> tuple:
+    """Undoes ``v_out = v + fn(u)`` with one call of ``fn``: ``(v, dL/du through fn, dL/dsrc)``
+    for the output gradient ``dv``."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(u)
+        tape.watch(src)
+        out = fn(u)
+    grads = tape.gradient(out, [u] + src, output_gradients=dv)
+    return _math.additive_inverse(v_out, out), or_zeros(grads[0], u), grads[1:]
 
 
 def _revnet_memory_saving(x: tf.Tensor, blocks) -> tf.Tensor:

@@ -178,6 +178,24 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_single_device(tmp_path):
     np.testing.assert_allclose(lb, la, rtol=1e-3)
 
 
+def test_memory_saving_trains_the_same_model_and_is_recorded(tmp_path):
+    """--memory-saving recomputes activations (XLA on, single device): same losses, and the run
+    records it (run.json, metrics.json) while plain runs keep their old run.json."""
+    losses = {}
+    for name, extra in (("plain", []), ("saving", ["--memory-saving"])):
+        out = tmp_path / name
+        assert cli.main(["train", "--model", "realnvp", "--data", "moons", "--out", str(out),
+                         *TINY, *extra]) == 0
+        with open(out / "history.csv") as f:
+            losses[name] = [float(r["loss"]) for r in csv.DictReader(f)]
+        config = json.loads((out / "run.json").read_text())["config"]
+        assert config.get("memory_saving") is (True if extra else None)
+        assert keras.models.load_model(out / "model.keras").memory_saving is bool(extra)
+    np.testing.assert_allclose(losses["saving"], losses["plain"], rtol=1e-4)
+    assert cli.main(["train", "--model", "realnvp", "--data", "moons", "--out",
+                     str(tmp_path / "saving"), *TINY]) == 2  # a different configuration
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")

@@ -39,6 +39,8 @@ def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
         kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
     if cfg.model in ("realnvp", "realnvp-image") and "data_scale" in kwargs:
         kwargs["logit_alpha"] = 0.05
+    if cfg.memory_saving:
+        kwargs["memory_saving"] = True
     return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 
 

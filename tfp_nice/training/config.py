@@ -37,7 +37,7 @@ _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
-_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit")
+_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "memory_saving")
 
 
 @dataclasses.dataclass
@@ -46,7 +46,8 @@ class TrainConfig:
 
     ``None`` hyper-parameters take per-model/per-data defaults (see :func:`default_hparams`).
     ``time_limit`` is a training budget in minutes (training stops cleanly when it is spent,
-    counted over every resumption).
+    counted over every resumption). ``memory_saving`` trains with reversible backprop
+    (activations recomputed from outputs: memory flat in depth, under XLA too).
 
     Raises:
       ValueError: naming the field and the value, for any field out of range.
@@ -68,6 +69,7 @@ class TrainConfig:
     num_blocks: int | None = None
     filters: int | None = None
     time_limit: float | None = None
+    memory_saving: bool = False
 
     def __post_init__(self):
         check_choice(self.model, MODEL_NAMES, "model")
@@ -89,6 +91,9 @@ class TrainConfig:
         if self.hidden_units is not None:
             self.hidden_units = check_int_sequence(self.hidden_units, "hidden_units",
                                                    allow_empty=False)
+        if not isinstance(self.memory_saving, bool):
+            raise ValueError(f"`memory_saving` must be a bool. "
+                             f"Received: memory_saving={self.memory_saving!r}")
         self._check_model_options()
         check_choice(self.strategy, STRATEGIES, "strategy")
         if self.value_range is not None:

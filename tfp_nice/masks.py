@@ -15,7 +15,7 @@ Kinds (the last three follow RealNVP [2] §3.4 and the NICE paper's [1] alternat
 
 Example:
   >>> m = checkerboard([4, 4, 1])
-  >>> m.num_masked, m.num_transformed, m.complement().pattern[0, 0, 0]
+  >>> m.num_masked, m.num_transformed, bool(m.complement().pattern[0, 0, 0])
   (8, 8, False)
 """
 

@@ -39,7 +39,7 @@ class DiagonalScale(LayerBijector):
     Example:
       >>> import numpy as np
       >>> b = DiagonalScale(event_shape=[3])
-      >>> float(b.forward_log_det_jacobian(np.ones([2, 3], "float32"), event_ndims=1)[0])
+      >>> float(b.forward_log_det_jacobian(np.ones([2, 3], "float32"), event_ndims=1))
       0.0
 
     References:

@@ -43,6 +43,7 @@ Example:
   >>> splits = load("moons", seed=0, num_samples=400)
   >>> splits.train.shape, splits.validation.shape, splits.spec.num_levels
   ((400, 2), (100, 2), None)
+  >>> from tfp_nice.data import as_dataset  # (imports TensorFlow on first use)
   >>> ds = as_dataset(splits.train, splits.spec, batch_size=128, training=True)
   >>> next(iter(ds)).shape
   TensorShape([128, 2])

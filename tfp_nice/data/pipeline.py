@@ -46,6 +46,7 @@ def as_dataset(
       ``(x, labels)`` pairs, labels int32 ``[batch]``).
 
     Example:
+      >>> from tfp_nice.data import load
       >>> s = load("digits")
       >>> ds = as_dataset(s.test, s.spec, batch_size=100, training=False)
       >>> b = next(iter(ds)).numpy()

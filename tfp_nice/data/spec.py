@@ -105,6 +105,7 @@ class Splits:
     ``train_labels`` etc. are int64 arrays ``[N]`` in ``[0, num_classes)`` or all ``None``.
 
     Example:
+      >>> from tfp_nice.data import load
       >>> s = load("8gaussians", num_samples=40)
       >>> s
       Splits(spec=DataSpec(name='8gaussians', ...), train=(40, 2), validation=(10, 2), test=(10, 2))

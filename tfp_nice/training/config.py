@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 #: Model names of :class:`TrainConfig` (the presets of :mod:`tfp_nice.presets`).
-MODEL_NAMES = ("nice", "realnvp", "realnvp-image")
+MODEL_NAMES = ("nice", "realnvp", "realnvp-image", "nsf")
 #: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
 IMAGE_MODELS = ("realnvp-image",)
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
@@ -37,7 +37,7 @@ _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
-_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit")
+_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "conditional")
 
 
 @dataclasses.dataclass
@@ -46,7 +46,8 @@ class TrainConfig:
 
     ``None`` hyper-parameters take per-model/per-data defaults (see :func:`default_hparams`).
     ``time_limit`` is a training budget in minutes (training stops cleanly when it is spent,
-    counted over every resumption).
+    counted over every resumption). ``conditional`` trains ``p(x | label)`` on the data's
+    class labels (``num_classes`` from the data).
 
     Raises:
       ValueError: naming the field and the value, for any field out of range.
@@ -68,6 +69,7 @@ class TrainConfig:
     num_blocks: int | None = None
     filters: int | None = None
     time_limit: float | None = None
+    conditional: bool = False
 
     def __post_init__(self):
         check_choice(self.model, MODEL_NAMES, "model")
@@ -91,6 +93,9 @@ class TrainConfig:
                                                    allow_empty=False)
         self._check_model_options()
         check_choice(self.strategy, STRATEGIES, "strategy")
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"`conditional` must be a bool. Received: "
+                             f"conditional={self.conditional!r}")
         if self.value_range is not None:
             self.value_range = check_value_range(self.value_range)
 
@@ -163,6 +168,8 @@ def default_hparams(cfg: TrainConfig, spec) -> dict:
     small = spec.num_dims <= 16
     if cfg.model == "nice":
         couplings, hidden = 4, ((64, 64) if small else (256,) * 4)
+    elif cfg.model == "nsf":  # 8 bins per unit: fewer, narrower couplings than RealNVP's
+        couplings, hidden = (4, (64, 64)) if small else (4, (128, 128))
     else:
         couplings, hidden = (8, (64, 64)) if small else (6, (256, 256))
     epochs = cfg.epochs or (60 if small else 150)

@@ -211,9 +211,14 @@ def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
     if run.action == "extend":
         return done, elapsed, {}
     if hasattr(model, "initialize_scale"):
+        labels = run.splits.train_labels[:1024] if run.cfg.conditional else None
         first = data_lib.as_dataset(run.splits.train[:1024], run.splits.spec, 1024,
-                                    training=False)
-        model.initialize_scale(next(iter(first)))
+                                    training=False, labels=labels)
+        batch = next(iter(first))
+        if labels is None:
+            model.initialize_scale(batch)
+        else:
+            model.initialize_scale(batch[0], context=batch[1])
     return 0, 0.0, {}  # a recorded end of training without a checkpoint: train again
 
 

@@ -96,7 +96,7 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def _train_parser(sub) -> None:
-    from tfp_nice.training.config import MODEL_NAMES, STRATEGIES
+    from tfp_nice.training.config import CONDITIONINGS, MODEL_NAMES, STRATEGIES
 
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
     t.add_argument("--model", default="nice", choices=list(MODEL_NAMES),
@@ -148,6 +148,10 @@ def _train_parser(sub) -> None:
                    help="train p(x | label) on the data's class labels (digits, TFDS 'label', "
                         "an .npz's y/y_train, y_val, y_test); metrics.json adds the Bayes "
                         "classifier's test_accuracy")
+    t.add_argument("--conditioning", default=None, choices=list(CONDITIONINGS),
+                   help="with --conditional: where the label acts: couplings (every coupling "
+                        "network sees it), prior (a per-class latent mean and scale) or both "
+                        "(default)")
     t.add_argument("--no-export", action="store_true",
                    help="skip writing the TF Serving SavedModel RUN_DIR/saved_model/1/")
 
@@ -215,6 +219,7 @@ def _train(args) -> int:
         patience=args.patience, value_range=args.value_range, num_levels=args.num_levels,
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
         time_limit=args.time_limit, conditional=args.conditional,
+        conditioning=args.conditioning,
     )
     out = args.out
     if out is None:

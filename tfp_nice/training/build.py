@@ -47,6 +47,8 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
             raise ValueError("a conditional run needs `num_classes` (from the data's labels). "
                              "Received: num_classes=None")
         kwargs["num_classes"] = int(num_classes)
+        if cfg.conditioning is not None:
+            kwargs["conditioning"] = cfg.conditioning
     return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "IMAGE_MODELS",
     "MAX_SEED",
     "MODEL_NAMES",
+    "CONDITIONINGS",
     "STRATEGIES",
     "TrainConfig",
     "default_hparams",
@@ -29,6 +30,8 @@ __all__ = [
 MODEL_NAMES = ("nice", "realnvp", "realnvp-image", "nsf")
 #: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
 IMAGE_MODELS = ("realnvp-image",)
+#: Where a conditional model uses its label (the presets' ``conditioning``).
+CONDITIONINGS = ("couplings", "prior", "both")
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
 STRATEGIES = ("none", "mirrored", "multiworker")
 #: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
@@ -37,7 +40,7 @@ _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
-_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "conditional")
+_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "conditional", "conditioning")
 
 
 @dataclasses.dataclass
@@ -47,7 +50,8 @@ class TrainConfig:
     ``None`` hyper-parameters take per-model/per-data defaults (see :func:`default_hparams`).
     ``time_limit`` is a training budget in minutes (training stops cleanly when it is spent,
     counted over every resumption). ``conditional`` trains ``p(x | label)`` on the data's
-    class labels (``num_classes`` from the data).
+    class labels (``num_classes`` from the data); ``conditioning`` says where the label acts
+    (``"couplings"``, ``"prior"`` or ``"both"``; ``None``: per-model default).
 
     Raises:
       ValueError: naming the field and the value, for any field out of range.
@@ -70,6 +74,7 @@ class TrainConfig:
     filters: int | None = None
     time_limit: float | None = None
     conditional: bool = False
+    conditioning: str | None = None
 
     def __post_init__(self):
         check_choice(self.model, MODEL_NAMES, "model")
@@ -96,6 +101,11 @@ class TrainConfig:
         if not isinstance(self.conditional, bool):
             raise ValueError(f"`conditional` must be a bool. Received: "
                              f"conditional={self.conditional!r}")
+        if self.conditioning is not None:
+            check_choice(self.conditioning, CONDITIONINGS, "conditioning")
+            if not self.conditional:
+                raise ValueError("`conditioning` applies to conditional runs only (set "
+                                 f"conditional=True). Received: conditioning={self.conditioning!r}")
         if self.value_range is not None:
             self.value_range = check_value_range(self.value_range)
 

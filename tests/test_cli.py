@@ -384,3 +384,16 @@ def test_nsf_model_trains_from_the_cli(tmp_path):
     assert metrics["model"]["num_bins"] == 8 and metrics["model"]["logit_alpha"] == 0.05
     assert metrics["hparams"]["num_couplings"] == 2
     assert 0 < metrics["test_bits_per_dim"] < 4.09  # log2(17): uniform over the levels
+
+
+def test_conditional_fields_stay_out_of_run_json_at_their_defaults(capsys):
+    from tfp_nice.training import TrainConfig
+
+    plain = TrainConfig(model="realnvp").to_dict()
+    assert "conditional" not in plain and "conditioning" not in plain  # old runs still match
+    cond = TrainConfig(model="nsf", conditional=True, conditioning="prior").to_dict()
+    assert cond["conditional"] is True and cond["conditioning"] == "prior"
+    assert TrainConfig.from_dict(cond, strict=True) == TrainConfig(**cond)
+    assert exit_code(["train", "--conditioning", "prior", *TINY]) == 2
+    assert "`conditioning` applies to conditional runs only" in error_line(
+        capsys.readouterr().err)

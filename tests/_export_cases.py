@@ -58,6 +58,13 @@ def glow():
     return model
 
 
+def conditional_nsf():
+    """A class-conditional spline flow (labels in the couplings and the prior): every
+    signature takes a ``label`` input."""
+    return randomize(tn.NSF([8, 8, 1], num_couplings=2, hidden_units=(8,), num_bins=4,
+                            data_scale=17.0, logit_alpha=0.05, num_classes=3), seed=3)
+
+
 # name -> (factory, data spec, raw-input generator)
 CASES = {
     "nice_digits": (nice_digits, DIGITS,
@@ -67,6 +74,8 @@ CASES = {
                       lambda rng, n: rng.uniform(0, 1, [n, 4, 4, 1]).astype("float32")),
     "glow": (glow, DIGITS, lambda rng, n: rng.integers(0, 17, [n, 8, 8, 1]).astype("float32")),
     "generic": (generic_flow, None, lambda rng, n: rng.normal(0, 1, [n, 3]).astype("float32")),
+    "conditional": (conditional_nsf, DIGITS,
+                    lambda rng, n: rng.integers(0, 17, [n, 8, 8, 1]).astype("float32")),
 }
 
 SEEDS = np.array([[7, 8], [7, 9], [1, 2]], np.int32)
@@ -83,7 +92,20 @@ class Export:
         self.discrete = bool(self.data and self.data["num_levels"])
         self.x = self.make_x(np.random.default_rng(1), 5)
         self.event_ndims = len(self.model.event_shape)
+        self.num_classes = self.model.num_classes
+        self.labels = (None if self.num_classes is None else
+                       np.array([0, 2, 1, 2, 0], np.int32)[: len(self.x)])
         self._loaded = None
+
+    def condition(self, n: int, labels=None) -> dict:
+        """The ``label`` feed of ``n`` rows for a class-conditional export (``{}`` if not)."""
+        if self.num_classes is None:
+            return {}
+        labels = self.labels if labels is None else labels
+        return {"label": np.resize(np.asarray(labels, np.int32), n)}
+
+    def _labels(self, n, labels=None):
+        return self.condition(n, labels).get("label")
 
     @property
     def loaded(self):
@@ -101,15 +123,17 @@ class Export:
     def expected(self, x=None, seeds=SEEDS, temperatures=TEMPERATURES):
         """What every loader must return for the standard requests, from the Keras model."""
         m, x = self.model, self.x if x is None else x
-        lp = m.log_prob(self.density_x(x)).numpy()
-        rows = [m.sample(1, seed=tf.constant(s), temperature=float(t)).numpy()[0]
-                for s, t in zip(seeds, temperatures)]
-        z = m.encode(x + 0.5 if self.discrete else x).numpy()
+        c, cs = self._labels(len(x)), self._labels(len(seeds))
+        lp = m.log_prob(self.density_x(x), c).numpy()
+        rows = [m.sample(1, seed=tf.constant(s), temperature=float(t),
+                         context=None if cs is None else cs[i : i + 1]).numpy()[0]
+                for i, (s, t) in enumerate(zip(seeds, temperatures))]
+        z = m.encode(x + 0.5 if self.discrete else x, c).numpy()
         return {
             "log_prob": {"log_prob": lp, "bits_per_dim": -lp / (x[0].size * np.log(2))},
             "sample": self._from_model(np.stack(rows)),
             "encode": {"z": z},
-            "decode": self._from_model(m.bijector.forward(z).numpy()),
+            "decode": self._from_model(m.decode(z, c).numpy()),
         }
 
     def _from_model(self, y):
@@ -119,13 +143,14 @@ class Export:
 
     def requests(self, x=None, seeds=SEEDS, temperatures=TEMPERATURES):
         x = self.x if x is None else x
-        z = self.model.encode(x + 0.5 if self.discrete else x).numpy()
+        c, cs = self.condition(len(x)), self.condition(len(seeds))
+        z = self.model.encode(x + 0.5 if self.discrete else x, c.get("label")).numpy()
         return {
-            "serving_default": {"x": x},
-            "log_prob": {"x": x},
-            "sample": {"seed": seeds, "temperature": temperatures},
-            "encode": {"x": x},
-            "decode": {"z": z},
+            "serving_default": {"x": x, **c},
+            "log_prob": {"x": x, **c},
+            "sample": {"seed": seeds, "temperature": temperatures, **cs},
+            "encode": {"x": x, **c},
+            "decode": {"z": z, **c},
         }
 
 

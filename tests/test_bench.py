@@ -126,3 +126,24 @@ def test_image_quality_bench_trains_glow_on_28x28_images(tmp_path):
     proc = subprocess.run([sys.executable, bench, "--quick", "--models", "glow,flow++"],
                           capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 2 and "--models must be a comma-separated subset" in proc.stderr
+
+
+def test_conditional_bench_quick_run_writes_every_part(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_conditional",
+                                                  ROOT / "bench" / "conditional.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--quick", "--out", str(tmp_path / "c"), "--work-dir",
+                        str(tmp_path / "runs")])
+    assert [(r["part"], r["model"], r["conditional"]) for r in rows] == [
+        ("conditional", "realnvp", False), ("conditional", "realnvp", True),
+        ("spline-vs-affine", "realnvp", False), ("spline-vs-affine", "nsf", False)]
+    plain, cond = rows[0], rows[1]
+    assert plain["accuracy"] is None and 0.0 <= cond["accuracy"] <= 1.0
+    assert "--conditional" in cond["flags"] and "--conditional" not in plain["flags"]
+    assert cond["params"] > plain["params"]  # the label's weights
+    assert all("--time-limit 0.05" in r["flags"] for r in rows[2:])
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["rows"] == rows and saved["env"]["quick"] is True
+    md = (tmp_path / "c.md").read_text()
+    assert md.count("| conditional | digits |") == 2 and "| spline-vs-affine | digits |" in md

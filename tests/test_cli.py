@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from _cli import ENV, TINY, digest, run_cli
+from _cli import ENV, TINY, digest, error_line, exit_code, run_cli
 
 import tfp_nice as tn
 from tfp_nice import cli
@@ -281,3 +281,161 @@ def test_cli_rejects_image_options_for_vector_models_and_vector_data(tmp_path):
     proc = _cli("train", "--model", "realnvp-image", "--data", "moons",
                 "--out", str(tmp_path / "c"))
     assert proc.returncode == 2 and "needs image data" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# --conditional: p(x | label) from the data's labels, the Bayes classifier, sample --label.
+# ---------------------------------------------------------------------------------------------
+def _clusters(n, rng):
+    """Two labelled 2-D clusters, at (-3, -3) and (3, 3): any class-conditional flow
+    separates them."""
+    y = rng.integers(0, 2, n)
+    x = rng.normal(0.0, 0.5, (n, 2)) + np.where(y[:, None] == 1, 3.0, -3.0)
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cond")
+    x, y = _clusters(3000, np.random.default_rng(0))
+    np.savez(d / "clusters.npz", x=x, y=y)
+    out = d / "run"
+    code = cli.main(["train", "--model", "realnvp", "--conditional", "--data",
+                     str(d / "clusters.npz"), "--out", str(out), "--epochs", "4",
+                     "--hidden-units", "16", "--num-couplings", "2", "--batch-size", "128",
+                     "--learning-rate", "0.01"])
+    assert code == 0
+    return out
+
+
+def test_conditional_train_reports_the_bayes_classifier_and_samples_each_class(
+        conditional_run, tmp_path, capsys):
+    metrics = json.loads((conditional_run / "metrics.json").read_text())
+    assert metrics["config"]["conditional"] is True and metrics["num_classes"] == 2
+    assert metrics["model"]["num_classes"] == 2
+    assert metrics["test_accuracy"] > 0.95  # the clusters are 12 standard deviations apart
+    # p(x) = sum_c p(x|c) p(c) is below p(x|y) at the true label (a label is worth <= 1 bit).
+    assert metrics["test_bits_per_dim"] <= metrics["test_marginal_bits_per_dim"] <= (
+        metrics["test_bits_per_dim"] + 0.5 + 1e-6)
+    assert (conditional_run / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    medians = []
+    for label in (0, 1):
+        out = tmp_path / f"s{label}.npy"
+        assert cli.main(["sample", str(conditional_run), "-n", "400", "--label", str(label),
+                         "--out", str(out)]) == 0
+        medians.append(np.median(np.load(out)[:, 0]))
+    assert medians[1] - medians[0] > 2.0, medians  # each label samples its own cluster
+    assert "of class 1" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(conditional_run)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((conditional_run / "evaluation.json").read_text())
+    np.testing.assert_allclose(result["test_accuracy"], metrics["test_accuracy"])
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in out
+
+
+def test_conditional_export_takes_a_label_in_every_signature(conditional_run, tmp_path,
+                                                             capsys):
+    import tensorflow as tf
+
+    assert cli.main(["export", str(conditional_run), "--out", str(tmp_path / "m")]) == 0
+    assert "also takes `label` int32 [rows]" in capsys.readouterr().out
+    sig = tf.saved_model.load(str(tmp_path / "m" / "1")).signatures
+    x = np.float32([[-3.0, -3.0], [3.0, 3.0]])  # the two cluster centres
+    lp = {c: sig["log_prob"](x=tf.constant(x), label=tf.constant([c, c]))["log_prob"].numpy()
+          for c in (0, 1)}
+    assert lp[0][0] > lp[1][0] and lp[1][1] > lp[0][1]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`label` must hold integer"):
+        sig["log_prob"](x=tf.constant(x), label=tf.constant([0, 2]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--label", "2"], "`label` must be an int in [0, 1]. Received: label=2"),
+], ids=["out-of-range"])
+def test_sample_label_out_of_range_is_one_line_exit_2(conditional_run, capsys, argv, message):
+    assert exit_code(["sample", str(conditional_run), *argv]) == 2
+    assert message in error_line(capsys.readouterr().err)
+
+
+def test_sample_label_of_an_unconditional_run_is_one_line_exit_2(finished_run, capsys):
+    assert exit_code(["sample", str(finished_run), "--label", "0"]) == 2
+    assert "needs a class-conditional run" in error_line(capsys.readouterr().err)
+
+
+def test_conditional_run_resumes_and_keeps_its_time_limit(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "nice", "--conditional", "--data", "digits", "--out", str(out),
+            "--hidden-units", "16", "--num-couplings", "2", "--batch-size", "256"]
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    assert cli.main([*args, "--epochs", "2", "--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["config"]["conditional"] is True
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["num_classes"] == 10
+    limited = tmp_path / "limited"
+    assert cli.main([*args, "--epochs", "50", "--time-limit", "0.0001", "--out",
+                     str(limited)]) == 0
+    metrics = json.loads((limited / "metrics.json").read_text())
+    assert metrics["time_limit_reached"] and metrics["epochs"] < 50
+    assert "test_accuracy" in metrics
+
+
+@pytest.fixture(scope="module")
+def label_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labels")
+    x = np.random.default_rng(0).random((60, 4)).astype(np.float32)
+    y = np.arange(60) % 3
+    np.savez(d / "nolabels.npz", x=x)
+    np.savez(d / "float.npz", x=x, y=y + 0.5)
+    np.savez(d / "negative.npz", x=x, y=y - 1)
+    np.savez(d / "huge.npz", x=x, y=y * 10**6)
+    np.savez(d / "short.npz", x=x, y=y[:50])
+    np.savez(d / "split.npz", x=x[:50], y=y[:50], x_test=x[50:])
+    return d
+
+
+@pytest.mark.parametrize("data, message", [
+    ("moons", "--conditional needs class labels, but 'moons' has none"),
+    ("{d}/nolabels.npz", "--conditional needs class labels"),
+    ("{d}/float.npz", "must be integers (class indices)"),
+    ("{d}/negative.npz", "must be class indices >= 0"),
+    ("{d}/huge.npz", "class indices in [0, K) with 2 <= K <= 10000"),
+    ("{d}/short.npz", "50 training labels for 60 training examples"),
+    ("{d}/split.npz", "labels are given for the train, validation split(s) but not for test"),
+], ids=["missing", "no-y", "non-integer", "negative", "out-of-range", "mismatched", "split"])
+def test_bad_labels_are_one_line_exit_2_before_training(label_files, tmp_path, capsys, data,
+                                                        message):
+    out = tmp_path / "out"
+    code = exit_code(["train", "--conditional", "--data", data.replace("{d}", str(label_files)),
+                      "--out", str(out), *TINY])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith("tfp-nice: error:") and message in line, line
+    assert not out.exists()
+
+
+def test_a_conditional_error_in_a_fresh_process_is_one_line(label_files, tmp_path):
+    proc = run_cli("train", "--conditional", "--data", label_files / "float.npz", "--out",
+                   tmp_path / "o", *TINY)
+    assert proc.returncode == 2
+    assert "must be integers (class indices)" in error_line(proc.stderr)
+
+
+def test_nsf_model_trains_from_the_cli(tmp_path):
+    out = tmp_path / "nsf"
+    assert cli.main(["train", "--model", "nsf", "--data", "digits", "--out", str(out),
+                     *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["num_bins"] == 8 and metrics["model"]["logit_alpha"] == 0.05
+    assert metrics["hparams"]["num_couplings"] == 2
+    assert 0 < metrics["test_bits_per_dim"] < 4.09  # log2(17): uniform over the levels
+
+
+def test_conditional_fields_stay_out_of_run_json_at_their_defaults(capsys):
+    from tfp_nice.training import TrainConfig
+
+    plain = TrainConfig(model="realnvp").to_dict()
+    assert "conditional" not in plain and "conditioning" not in plain  # old runs still match
+    cond = TrainConfig(model="nsf", conditional=True, conditioning="prior").to_dict()
+    assert cond["conditional"] is True and cond["conditioning"] == "prior"
+    assert TrainConfig.from_dict(cond, strict=True) == TrainConfig(**cond)
+    assert exit_code(["train", "--conditioning", "prior", *TINY]) == 2
+    assert "`conditioning` applies to conditional runs only" in error_line(
+        capsys.readouterr().err)

@@ -132,8 +132,11 @@ def test_tf2_loaded_signatures_match_the_keras_model(exports, name):
                .items()}
         compare(got, want, signature)
     sample = e.loaded.signatures["sample"]
-    first = sample(seed=tf.constant([[7, 8], [7, 9]]), temperature=tf.constant([0.7, 0.7]))
-    again = sample(seed=tf.constant([[7, 8], [7, 9]]), temperature=tf.constant([0.7, 0.7]))
+    cond = {k: tf.constant(v) for k, v in e.condition(2, [1, 1]).items()}
+    first = sample(seed=tf.constant([[7, 8], [7, 9]]), temperature=tf.constant([0.7, 0.7]),
+                   **cond)
+    again = sample(seed=tf.constant([[7, 8], [7, 9]]), temperature=tf.constant([0.7, 0.7]),
+                   **cond)
     for key in first:  # the same seed gives the same samples, bit for bit
         np.testing.assert_array_equal(first[key].numpy(), again[key].numpy())
     x = first["x"].numpy()
@@ -187,7 +190,8 @@ def test_tf1_session_loader_runs_every_signature(exports):
             sig = meta_graph.signature_def["serving_default"]
             with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be finite"):
                 sess.run(sig.outputs["log_prob"].name,
-                         {sig.inputs["x"].name: np.full_like(e.x, np.nan)})
+                         {sig.inputs["x"].name: np.full_like(e.x, np.nan),
+                          **{sig.inputs[k].name: v for k, v in e.condition(len(e.x)).items()}})
 
 
 def test_multi_scale_image_model_exports_with_batch_norm_in_inference_mode(tmp_path):
@@ -296,7 +300,8 @@ def test_signature_table_drives_the_saved_signatures_the_metadata_and_the_readme
             saved = e.loaded.signatures[sig.name]
             inputs = saved.structured_input_signature[1]
             assert {k: v.dtype.name for k, v in inputs.items()} == {
-                p.name: p.dtype for p in sig.inputs}
+                p.name: p.dtype for p in sig.inputs} | (
+                {"label": "int32"} if e.num_classes else {})
             outputs = {p.name for p in sig.outputs if e.discrete or not p.discrete_only}
             assert set(saved.structured_outputs) == outputs
             assert set(meta["signatures"][sig.name]["inputs"]) == set(inputs)
@@ -335,6 +340,64 @@ def test_a_conditional_model_gets_its_condition_input_in_every_signature(tmp_pat
         sig["log_prob"](x=tf.constant(x), label=tf.constant([0]))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"`label` must have shape \[batch\]"):
         sig["encode"](x=tf.constant(x), label=tf.constant([[0], [1]]))
+
+
+def test_a_class_conditional_flow_serves_its_label_and_refuses_bad_labels_in_tf1(exports):
+    """``tn.NSF(num_classes=3)``: every signature takes ``label`` (int32, one per row), the
+    rows follow their label, and a label outside [0, 3) or of the wrong shape fails in the
+    graph of the TF1 session loader (TF Serving's) with InvalidArgumentError."""
+    e = exports["conditional"]
+    meta = _meta(e.path)
+    assert meta["condition"] == {"input": "label", "dims": ["batch"]}
+    assert e.model.serving_condition == "label"
+    x = e.x[:2]
+    density = e.density_x(x)
+    want = {c: e.model.log_prob(density, [c, c]).numpy() for c in range(3)}
+    assert not np.allclose(want[0], want[1])  # the label matters
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta_graph = tf.compat.v1.saved_model.load(sess, ["serve"], e.path)
+        for name in SIGNATURE_NAMES:
+            assert meta_graph.signature_def[name].inputs["label"].dtype == tf.int32.as_datatype_enum
+        sig = meta_graph.signature_def["serving_default"]
+
+        def run(label):
+            return sess.run(sig.outputs["log_prob"].name,
+                            {sig.inputs["x"].name: x, sig.inputs["label"].name: label})
+
+        for c in range(3):
+            np.testing.assert_allclose(run(np.int32([c, c])), want[c], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(run(np.int32([2, 0])), [want[2][0], want[0][1]], rtol=1e-5,
+                                   atol=1e-4)
+        for bad, message in ((np.int32([0, 3]), r"`label` must hold integer class labels in "
+                                                r"\[0, 3\)"),
+                             (np.int32([-1, 0]), r"`label` must hold integer class labels"),
+                             (np.int32([0]), r"`x`, `label` must have the same"),
+                             (np.int32([[0], [1]]), r"`label` must have shape \[batch\]")):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                run(bad)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`label` must hold integer"):
+        e.loaded.signatures["sample"](seed=tf.constant([[1, 2]]), temperature=tf.ones([1]),
+                                      label=tf.constant([7]))
+
+
+def test_conditional_bijector_is_the_flow_at_fixed_labels():
+    model = tn.RealNVP([3], num_couplings=2, hidden_units=(8,), num_classes=4)
+    randomize(model)
+    x = np.random.default_rng(0).normal(size=[5, 3]).astype("float32")
+    labels = np.array([0, 3, 1, 2, 3])
+    b = model.conditional_bijector(labels)
+    z = b.inverse(x)
+    np.testing.assert_allclose(z, model.encode(x, labels), rtol=1e-6)
+    np.testing.assert_allclose(model.base_distribution.log_prob(z) + b.inverse_log_det_jacobian(x),
+                               model.log_prob(x, labels), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.forward(z), x, atol=1e-5)
+    with pytest.raises(ValueError, match=r"`label` must hold integer class labels in \[0, 4\)"):
+        model.conditional_bijector([0, 4, 1, 1, 1]).inverse(x)
+    assert model.conditional_bijector is not None and tn.RealNVP(
+        [2], num_couplings=1, hidden_units=(4,), context_shape=[5]).serving_condition == (
+        "context", 5)
+    with pytest.raises(ValueError, match="needs a conditional flow"):
+        tn.RealNVP([2], num_couplings=1, hidden_units=(4,)).conditional_bijector([0])
 
 
 @pytest.mark.parametrize("name", list(CASES))

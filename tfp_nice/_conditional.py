@@ -2,7 +2,10 @@
 
 * the context (``num_classes`` labels or a ``context_shape`` vector) routed to the steps as the
   condition keyword ``context`` (:meth:`ConditionalMixin._condition`);
-* a class-conditional flow as a Bayes classifier ``argmax_c log p(x | c) + log p(c)``.
+* a class-conditional flow as a Bayes classifier ``argmax_c log p(x | c) + log p(c)``;
+* what the serving export needs (:attr:`ConditionalMixin.serving_condition`, the input it
+  adds to every signature, and :meth:`ConditionalMixin.conditional_bijector`, the flow for
+  one batch of conditions).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_nice import _context, graph
 
 __all__ = ["ConditionalMixin"]
+
+tfb = tfp.bijectors
 
 
 class ConditionalMixin:
@@ -60,6 +66,46 @@ class ConditionalMixin:
             return {}  # no step of this part takes the context
         c = self._context.condition(context, x, event_ndims, arg)
         return graph.route_condition(bijector, {_context.CONTEXT_KEY: c})
+
+    # --- serving ---------------------------------------------------------------------------
+
+    @property
+    def serving_condition(self) -> str | tuple[str, int] | None:
+        """The condition input of the serving export (:mod:`tfp_nice.export.signatures`):
+        ``"label"`` (int32 ``[batch]``) for ``num_classes``, ``("context", k)`` (float32
+        ``[batch, k]``) for ``context_shape=[k]``, ``None`` for an unconditional flow."""
+        if self._context is None:
+            return None
+        if self._context.num_classes is not None:
+            return "label"
+        return ("context", self._context.width)
+
+    def conditional_bijector(self, context) -> tfb.Bijector:
+        """The flow's bijector with its condition fixed to ``context`` (latent -> data).
+
+        ``b = model.conditional_bijector(labels)`` takes no condition keywords:
+        ``b.forward(z)`` is ``f(z; c)`` and ``b.inverse(x)`` / ``b.inverse_log_det_jacobian(x)``
+        are ``f^-1(x; c)`` and its log-det, so ``log p(x | c) =
+        base.log_prob(b.inverse(x)) + b.inverse_log_det_jacobian(x)``. The context is checked
+        as in :meth:`log_prob` (in the graph for symbolic labels: an ``InvalidArgumentError``
+        for a label outside ``[0, K)``); errors name it as the serving input does, ``label``
+        (class labels) or ``context`` (vectors). Use it for one batch of data (its rows are the
+        context's rows).
+
+        Example:
+          >>> import numpy as np, tfp_nice as tn
+          >>> m = tn.RealNVP([2], num_couplings=2, hidden_units=(8,), num_classes=3)
+          >>> b = m.conditional_bijector([0, 2])
+          >>> b.inverse(np.zeros([2, 2], "float32")).shape
+          TensorShape([2, 2])
+        """
+        if self._context is None:
+            raise ValueError(
+                "FlowModel.conditional_bijector needs a conditional flow (built with "
+                "num_classes or context_shape). Received a flow with num_classes=None and "
+                "context_shape=None; use `model.bijector`"
+            )
+        return _Conditioned(self, context)
 
     def _context_config(self) -> dict:
         if self._context is None:
@@ -149,3 +195,46 @@ class ConditionalMixin:
         scores = self.log_prob_per_class(x)
         scores = scores + tf.cast(tf.convert_to_tensor(prior), scores.dtype)
         return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+
+class _Conditioned(tfb.Bijector):
+    """A conditional flow's bijector with its condition bound (see
+    :meth:`ConditionalMixin.conditional_bijector`).
+
+    The condition keywords are made once per direction (from the first tensor that direction
+    sees) and reused, so ``inverse`` and ``inverse_log_det_jacobian`` of the same ``x`` share
+    one pass of every conditioner (TFP's cache keys on the keywords too).
+    """
+
+    def __init__(self, model, context, name: str = "conditioned_flow"):
+        parameters = dict(locals())
+        self._model, self._context_value = model, context
+        self._latent_ndims = len(model.base_distribution.event_shape)
+        self._data_ndims = len(model.event_shape)
+        self._kwargs: dict = {}
+        kind = model.serving_condition  # errors name the serving input: `label` / `context`
+        self._arg = kind if isinstance(kind, str) else kind[0]
+        super().__init__(forward_min_event_ndims=self._latent_ndims,
+                         inverse_min_event_ndims=self._data_ndims, is_constant_jacobian=False,
+                         parameters=parameters, name=name)
+
+    def _route(self, x, direction: str) -> dict:
+        if direction not in self._kwargs:
+            ndims = self._latent_ndims if direction == "forward" else self._data_ndims
+            self._kwargs[direction] = self._model._condition(self._context_value, x, ndims,
+                                                             arg=self._arg)
+        return self._kwargs[direction]
+
+    def _forward(self, z):
+        return self._model.bijector.forward(z, **self._route(z, "forward"))
+
+    def _inverse(self, x):
+        return self._model.bijector.inverse(x, **self._route(x, "inverse"))
+
+    def _forward_log_det_jacobian(self, z):
+        return self._model.bijector.forward_log_det_jacobian(
+            z, event_ndims=self._latent_ndims, **self._route(z, "forward"))
+
+    def _inverse_log_det_jacobian(self, x):
+        return self._model.bijector.inverse_log_det_jacobian(
+            x, event_ndims=self._data_ndims, **self._route(x, "inverse"))

@@ -1,9 +1,10 @@
 """``tfp-nice``: train, evaluate and sample reversible generative models from the shell.
 
-  tfp-nice train [--model nice|realnvp|realnvp-image] [--data digits|moons|...|PATH|tfds:NAME]
-                 [--epochs N] [--time-limit MINUTES] [--out DIR] [--resume | --overwrite] ...
+  tfp-nice train [--model nice|realnvp|realnvp-image|nsf] [--data digits|moons|...|PATH|tfds:NAME]
+                 [--epochs N] [--time-limit MINUTES] [--out DIR] [--resume | --overwrite]
+                 [--conditional] ...
   tfp-nice evaluate RUN_DIR|MODEL.keras [--data ...]
-  tfp-nice sample RUN_DIR [-n N] [--temperature T] [--seed S] [--out FILE.png|.npy]
+  tfp-nice sample RUN_DIR [-n N] [--temperature T] [--seed S] [--label C] [--out FILE.png|.npy]
   tfp-nice export RUN_DIR [--out saved_models/NAME] [--version N] [--max-samples M]
 
 This module parses arguments, checks them (and the files and directories they name) before
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 import tempfile
@@ -94,12 +96,13 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def _train_parser(sub) -> None:
-    from tfp_nice.training.config import MODEL_NAMES, STRATEGIES
+    from tfp_nice.training.config import CONDITIONINGS, MODEL_NAMES, STRATEGIES
 
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
     t.add_argument("--model", default="nice", choices=list(MODEL_NAMES),
                    help="nice | realnvp (vector MLP couplings) | realnvp-image (RealNVP's "
-                        "multi-scale convolutional architecture, image data only)")
+                        "multi-scale convolutional architecture, image data only) | nsf "
+                        "(neural spline flow: rational-quadratic spline couplings)")
     t.add_argument("--data", default="digits",
                    help="digits | moons | rings | checkerboard | 8gaussians | PATH.npy/.npz | "
                         "tfds:NAME (default: digits, offline)")
@@ -145,6 +148,14 @@ def _train_parser(sub) -> None:
     g.add_argument("--overwrite", action="store_true",
                    help="replace the tfp_nice run in --out (only a run directory holding "
                         "nothing but run files; the old run stays until the new one finished)")
+    t.add_argument("--conditional", action="store_true",
+                   help="train p(x | label) on the data's class labels (digits, TFDS 'label', "
+                        "an .npz's y/y_train, y_val, y_test); metrics.json adds the Bayes "
+                        "classifier's test_accuracy")
+    t.add_argument("--conditioning", default=None, choices=list(CONDITIONINGS),
+                   help="with --conditional: where the label acts: couplings (every coupling "
+                        "network sees it), prior (a per-class latent mean and scale) or both "
+                        "(default)")
     t.add_argument("--no-export", action="store_true",
                    help="skip writing the TF Serving SavedModel RUN_DIR/saved_model/1/")
 
@@ -166,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_float_in(_MAX_TEMPERATURE), default=1.0,
                    help=f"in (0, {_MAX_TEMPERATURE:g}]")
     s.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0)
+    s.add_argument("--label", type=_int_in(0, 2**31 - 1), default=None,
+                   help="class to sample (a --conditional run only; default: every class in "
+                        "turn)")
     s.add_argument("--out", default=None, help="FILE.png or FILE.npy (default: RUN/samples-T.png)")
     x = sub.add_parser("export", help="write a TF Serving SavedModel (NAME/VERSION/) with "
                                       "log_prob, sample, encode and decode signatures")
@@ -209,6 +223,7 @@ def _train(args) -> int:
         patience=args.patience, value_range=args.value_range, num_levels=args.num_levels,
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
         time_limit=args.time_limit, memory_saving=args.memory_saving,
+        conditional=args.conditional, conditioning=args.conditioning,
     )
     out = args.out
     if out is None:
@@ -219,6 +234,8 @@ def _train(args) -> int:
         plan(os.path.abspath(out), cfg, args.resume, args.overwrite)  # refuse before any work
     splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
                            num_levels=cfg.num_levels)  # refused before TensorFlow starts
+    if cfg.conditional:
+        splits.require_labels()
     tf = _import_tensorflow()
     if args.logical_cpus:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -239,6 +256,9 @@ def _train(args) -> int:
           f"({metrics['epochs']} epochs, best epoch {metrics['best_epoch']}, "
           f"{metrics['train_seconds']:.0f} s"
           + (", time limit reached" if metrics.get("time_limit_reached") else "") + ")")
+    if "test_accuracy" in metrics:
+        print(f"Bayes classifier: test accuracy {metrics['test_accuracy']:.4f}; marginal "
+              f"p(x) {metrics['test_marginal_bits_per_dim']:.4f} bits/dim")
     for name in ("model.keras", "metrics.json", "samples.png", "history.csv", "logs",
                  *(["saved_model"] if "saved_model" in metrics else [])):
         print(f"  {name:<13} {os.path.join(out, name)}")
@@ -253,6 +273,9 @@ def _evaluate(args) -> int:
     result = tools.evaluate_run(args.run, args.data, args.seed)
     print(f"held-out NLL on {result['data']}: {result['test_nll_nats']:.3f} nats, "
           f"{result['test_bits_per_dim']:.4f} bits/dim ({result['num_examples']} examples)")
+    if "test_accuracy" in result:
+        print(f"Bayes classifier: test accuracy {result['test_accuracy']:.4f}; marginal "
+              f"p(x) {result['test_marginal_bits_per_dim']:.4f} bits/dim")
     print(f"  written to {result['path']}")
     return 0
 
@@ -264,8 +287,10 @@ def _sample(args) -> int:
     _import_tensorflow()
     from tfp_nice.training import tools
 
-    out = tools.sample_run(args.run, args.num_samples, args.temperature, args.seed, args.out)
-    print(f"{args.num_samples} samples at temperature {args.temperature:g} written to {out}")
+    out = tools.sample_run(args.run, args.num_samples, args.temperature, args.seed, args.out,
+                           label=args.label)
+    at = "" if args.label is None else f" of class {args.label}"
+    print(f"{args.num_samples} samples{at} at temperature {args.temperature:g} written to {out}")
     return 0
 
 
@@ -282,6 +307,13 @@ def _export(args) -> int:
 
     print(f"SavedModel written to {path}")
     print(f"  signatures: {export.signatures.summary()} (every input batched: [rows, ...])")
+    with open(os.path.join(path, "assets.extra", export.METADATA_FILE)) as f:
+        condition = json.load(f).get("condition")
+    if condition:
+        port = export.signatures.CONDITIONS[condition["input"]]
+        dims = ", ".join("rows" if d == "batch" else str(d) for d in condition["dims"])
+        print(f"  condition:  every signature also takes `{port.name}` {port.dtype} [{dims}] "
+              f"({port.doc}; a conditional model)")
     print(f"  serve it:   --model_base_path={os.path.dirname(path)}")
     return 0
 

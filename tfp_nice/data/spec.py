@@ -11,10 +11,12 @@ import numpy as np
 
 from tfp_nice._internal.checks import check_event_shape, is_int
 
-__all__ = ["DataError", "DataSpec", "MAX_LEVELS", "Splits"]
+__all__ = ["DataError", "DataSpec", "MAX_CLASSES", "MAX_LEVELS", "Splits"]
 
 #: The most integer levels float32 holds exactly (2**24).
 MAX_LEVELS = 2**24
+#: The most classes a class-conditional flow takes (its labels are one-hot vectors).
+MAX_CLASSES = 10_000
 
 
 class DataError(ValueError):
@@ -126,6 +128,22 @@ class Splits:
     def has_labels(self) -> bool:
         """Whether every split has class labels."""
         return self.train_labels is not None
+
+    def require_labels(self, what: str = "--conditional") -> int:
+        """The number of classes, or a one-line :class:`DataError` if there are no labels
+        (or too many classes for a one-hot label: at most :data:`MAX_CLASSES`)."""
+        if not self.has_labels:
+            raise DataError(
+                f"{what} needs class labels, but {self.spec.name!r} has none: give a .npz with "
+                "integer 'y' (or 'y_train', and 'y_val'/'y_test' beside 'x_val'/'x_test'), the "
+                "digits, or a TFDS dataset with a 'label' feature."
+            )
+        if self.num_classes is None or self.num_classes < 2 or self.num_classes > MAX_CLASSES:
+            raise DataError(
+                f"{self.spec.name!r}: the labels must be class indices in [0, K) with "
+                f"2 <= K <= {MAX_CLASSES}; found labels from 0 to {(self.num_classes or 1) - 1}."
+            )
+        return self.num_classes
 
     def __repr__(self) -> str:
         spec = repr(self.spec)

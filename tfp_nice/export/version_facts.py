@@ -20,6 +20,9 @@ each op's signature as of that release:
   registered in TF 2.9 (tfjs #8260);
 * ``StatelessRandomGetKeyCounter`` / ``StatelessRandomUniformV2`` / ``StatelessRandomNormalV2``
   (``tf.random.stateless_*``, EasyRec #373) are on the r2.5 pages.
+* ``Cumsum``, ``LogicalOr``, ``OneHot``, ``Pow``, ``Softmax`` (TF 1.x core ops) and
+  ``UpperBound`` (``tf.searchsorted``, added in TF 1.13; on the r2.4 pages) come with spline
+  couplings and class labels; they predate 2.0, so they are listed at the 2.0 floor.
 
 Releases are the first *confirmed*, so the oldest release reported errs late, never early.
 An op or attribute not in the table is reported in ``unknown_ops`` (the tests require none
@@ -47,7 +50,7 @@ ReadVariableOp RealDiv Relu ReluGrad Reshape RestoreV2 RightShift Round SaveV2 S
 Shape ShardedFilename Sigmoid Size Slice Softplus Split SplitV Sqrt Square SquaredDifference
 StatefulPartitionedCall StatelessWhile StaticRegexFullMatch StridedSlice StringJoin Sub Sum Tanh
 TensorListFromTensor TensorListGetItem TensorListReserve TensorListSetItem TensorListStack Tile
-Transpose VarHandleOp ZerosLike"""
+Transpose VarHandleOp ZerosLike Cumsum LogicalOr OneHot Pow Softmax UpperBound"""
 
 #: The first TensorFlow release (>= 2.0) registering each op (``"Op"``) or a later
 #: attribute of an op (``"Op.attr"``) that tfp_nice exports use (module docstring).

@@ -18,7 +18,13 @@ from tfp_nice.bijectors import (
     Squeeze,
 )
 from tfp_nice.layers import ActNormLayer, ConvConditioner, Invertible1x1ConvLayer
-from tfp_nice.presets._common import Preset, check_logit, data_steps, preset_event_shape
+from tfp_nice.presets._common import (
+    Conditioning,
+    Preset,
+    check_logit,
+    data_steps,
+    preset_event_shape,
+)
 from tfp_nice.presets._multiscale import MultiScale
 
 tfb = tfp.bijectors
@@ -29,7 +35,8 @@ _COUPLINGS = ("affine", "additive")
 
 
 def glow_step(event_shape: Sequence[int], filters: int = 64, coupling: str = "affine",
-              scale: str = "sigmoid", name: str = "step", dtype=None) -> list:
+              scale: str = "sigmoid", name: str = "step", dtype=None,
+              conditional: bool = True) -> list:
     """One step of Glow's flow [4] §3 as bijectors in ``tfb.Chain`` order (data side first).
 
     From the data side: :class:`~tfp_nice.ActNorm` (per-channel affine, data-dependent
@@ -51,6 +58,8 @@ def glow_step(event_shape: Sequence[int], filters: int = 64, coupling: str = "af
       scale: the affine stabiliser (:class:`~tfp_nice.AffineCoupling`; Glow: ``"sigmoid"``).
       name: prefix of the bijector and layer names.
       dtype: the layers' dtype (policy); ``None`` for Keras' default.
+      conditional: whether the coupling takes the context of a conditional
+        :class:`~tfp_nice.FlowModel` (as constant feature maps of its network).
 
     Returns:
       ``[ActNorm, Invertible1x1Conv, coupling]``.
@@ -74,10 +83,10 @@ def glow_step(event_shape: Sequence[int], filters: int = 64, coupling: str = "af
                           name=f"{name}_net")
     if coupling == "affine":
         inner = AffineCoupling(net, mask=mask, scale=scale, conditioner_input="masked",
-                               name=f"{name}_coupling")
+                               name=f"{name}_coupling", conditional=conditional)
     else:
         inner = AdditiveCoupling(net, mask=mask, conditioner_input="masked",
-                                 name=f"{name}_coupling")
+                                 name=f"{name}_coupling", conditional=conditional)
     return [
         ActNorm(layer=ActNormLayer(c, dtype=dtype, name=f"{name}_act_norm_layer"),
                 name=f"{name}_act_norm"),
@@ -122,7 +131,7 @@ def glow_defaults(event_shape: Sequence[int]) -> dict:
             "split_prior": True}
 
 
-def _split_prior(shape: list, name: str) -> AffineCoupling:
+def _split_prior(shape: list, name: str, conditional: bool = False) -> AffineCoupling:
     """Glow's learned prior of the factored-out half, ``N(mu(x1), sigma(x1)^2)``, as an affine
     coupling whose inverse standardises the second half of the channels given the first
     (a zero-initialised ``3x3`` convolution; identity at start).
@@ -133,7 +142,7 @@ def _split_prior(shape: list, name: str) -> AffineCoupling:
     """
     net = ConvConditioner(2 * shape[-1], filters=(), kernel_size=3, name=f"{name}_net")
     return AffineCoupling(net, mask=masks.channel(shape), scale="tanh",
-                          conditioner_input="masked", name=name)
+                          conditioner_input="masked", name=name, conditional=conditional)
 
 
 def _level_steps(hwc: list, i: int, hp: dict) -> list:
@@ -142,10 +151,11 @@ def _level_steps(hwc: list, i: int, hp: dict) -> list:
     shape = [h // 2, w // 2, 4 * c]
     steps: list = [tfb.Invert(Squeeze(2), name=f"l{i}_squeeze")]
     for k in range(hp["num_steps"]):
-        steps += glow_step(shape, hp["filters"], hp["coupling"], hp["scale"], f"l{i}_s{k}")
+        steps += glow_step(shape, hp["filters"], hp["coupling"], hp["scale"], f"l{i}_s{k}",
+                           conditional=hp["conditional"])
     if i < hp["num_levels"] - 1:
         if hp["split_prior"]:
-            steps.append(_split_prior(shape, f"l{i}_split_prior"))
+            steps.append(_split_prior(shape, f"l{i}_split_prior", hp["conditional"]))
         inner = tfb.Chain(_level_steps([h // 2, w // 2, 2 * c], i + 1, hp), name=f"l{i + 1}")
         steps.append(FactorOut(inner, num_kept=2 * c, name=f"l{i}_split"))
     steps.append(Squeeze(2, name=f"l{i}_unsqueeze"))
@@ -192,6 +202,13 @@ class Glow(MultiScale, Preset):
       data_scale, data_low, logit_alpha: preprocessing as in :class:`~tfp_nice.RealNVP`
         (Glow itself uses ``data_scale=256`` and no logit; on 28x28 MNIST the logit
         ``logit_alpha=0.05`` learned much faster: 3.23 against 4.74 bits/dim after 300 steps).
+      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
+        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
+      context_shape: a vector context's shape ``[k]``.
+      conditioning: where the context acts: ``"couplings"`` (every coupling network and
+        learned split prior sees it, as constant feature maps), ``"prior"`` (a learned
+        per-class latent mean and scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`) or
+        ``"both"`` (default, as the other presets).
       **kwargs: ``keras.Model`` arguments.
 
     Example:
@@ -217,9 +234,13 @@ class Glow(MultiScale, Preset):
         data_scale: float | None = None,
         data_low: float = 0.0,
         logit_alpha: float | None = None,
+        num_classes: int | None = None,
+        context_shape: Sequence[int] | None = None,
+        conditioning: str = "both",
         **kwargs,
     ):
         shape = preset_event_shape(event_shape)
+        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
         if len(shape) != 3:
             raise ValueError(
                 "Glow: `event_shape` must be [height, width, channels]. "
@@ -240,11 +261,13 @@ class Glow(MultiScale, Preset):
                 f"by 2**num_levels = {div}. Received: event_shape={list(shape)}"
             )
         check_logit(logit_alpha, data_scale)
-        steps = data_steps(data_scale, data_low, logit_alpha) + _level_steps(list(shape), 0, hp)
-        super().__init__(priors.get(prior, list(shape)), steps, **kwargs)
+        steps = data_steps(data_scale, data_low, logit_alpha) + _level_steps(
+            list(shape), 0, dict(hp, conditional=cond.couplings))
+        steps += cond.prior_steps(list(shape))
+        super().__init__(priors.get(prior, list(shape)), steps, **cond.model_kwargs(), **kwargs)
         self._preset_config = dict(
             event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
-            data_low=data_low, logit_alpha=logit_alpha,
+            data_low=data_low, logit_alpha=logit_alpha, **cond.config(),
         )
 
     @property

@@ -10,23 +10,24 @@ import keras
 
 from tfp_nice.data.spec import DataSpec
 from tfp_nice.flow_model import FlowModel
-from tfp_nice.presets import NICE, RealNVP, RealNVPImage
+from tfp_nice.presets import NICE, NSF, RealNVP, RealNVPImage
 from tfp_nice.training.config import IMAGE_MODELS, TrainConfig, default_hparams
 from tfp_nice.training.run_dir import RunError, read_run_json
 
 __all__ = ["MODELS", "build_model", "load_run"]
 
 #: The presets :class:`~tfp_nice.training.TrainConfig` names.
-MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage}
+MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage, "nsf": NSF}
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 
 
-def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
+def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None) -> FlowModel:
     """The preset named by ``cfg.model`` with preprocessing matched to ``spec``.
 
     Integer data (dequantized to ``[0, L)``) and bounded continuous data are rescaled to
-    ``[0, 1)``; RealNVP then applies the logit with ``α = 0.05``. Unbounded 2-D densities
-    are modelled as they are.
+    ``[0, 1)``; RealNVP and NSF then apply the logit with ``α = 0.05``. Unbounded 2-D
+    densities are modelled as they are (NSF's spline interval then covers the data's range).
+    ``num_classes`` (with ``cfg.conditional``) makes the preset class-conditional.
     """
     hp = default_hparams(cfg, spec)
     if cfg.model in IMAGE_MODELS:
@@ -37,10 +38,19 @@ def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
         kwargs.update(data_scale=float(spec.num_levels), data_low=float(spec.low))
     elif spec.is_image:
         kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
-    if cfg.model in ("realnvp", "realnvp-image") and "data_scale" in kwargs:
+    if cfg.model in ("realnvp", "realnvp-image", "nsf") and "data_scale" in kwargs:
         kwargs["logit_alpha"] = 0.05
     if cfg.memory_saving:
         kwargs["memory_saving"] = True
+    if cfg.model == "nsf" and "data_scale" not in kwargs:  # raw values: splines must cover them
+        kwargs["bound"] = max(3.0, 1.2 * max(abs(spec.low), abs(spec.high)))
+    if cfg.conditional:
+        if num_classes is None:
+            raise ValueError("a conditional run needs `num_classes` (from the data's labels). "
+                             "Received: num_classes=None")
+        kwargs["num_classes"] = int(num_classes)
+        if cfg.conditioning is not None:
+            kwargs["conditioning"] = cfg.conditioning
     return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 
 

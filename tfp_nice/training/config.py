@@ -20,15 +20,18 @@ __all__ = [
     "IMAGE_MODELS",
     "MAX_SEED",
     "MODEL_NAMES",
+    "CONDITIONINGS",
     "STRATEGIES",
     "TrainConfig",
     "default_hparams",
 ]
 
 #: Model names of :class:`TrainConfig` (the presets of :mod:`tfp_nice.presets`).
-MODEL_NAMES = ("nice", "realnvp", "realnvp-image")
+MODEL_NAMES = ("nice", "realnvp", "realnvp-image", "nsf")
 #: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
 IMAGE_MODELS = ("realnvp-image",)
+#: Where a conditional model uses its label (the presets' ``conditioning``).
+CONDITIONINGS = ("couplings", "prior", "both")
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
 STRATEGIES = ("none", "mirrored", "multiworker")
 #: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
@@ -37,7 +40,8 @@ _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
-_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "memory_saving")
+_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "memory_saving", "conditional",
+                       "conditioning")
 
 
 @dataclasses.dataclass
@@ -48,6 +52,9 @@ class TrainConfig:
     ``time_limit`` is a training budget in minutes (training stops cleanly when it is spent,
     counted over every resumption). ``memory_saving`` trains with reversible backprop
     (activations recomputed from outputs: memory flat in depth, under XLA too).
+    ``conditional`` trains ``p(x | label)`` on the data's class labels (``num_classes``
+    from the data); ``conditioning`` says where the label acts (``"couplings"``,
+    ``"prior"`` or ``"both"``; ``None``: per-model default).
 
     Raises:
       ValueError: naming the field and the value, for any field out of range.
@@ -70,6 +77,8 @@ class TrainConfig:
     filters: int | None = None
     time_limit: float | None = None
     memory_saving: bool = False
+    conditional: bool = False
+    conditioning: str | None = None
 
     def __post_init__(self):
         check_choice(self.model, MODEL_NAMES, "model")
@@ -96,6 +105,14 @@ class TrainConfig:
                              f"Received: memory_saving={self.memory_saving!r}")
         self._check_model_options()
         check_choice(self.strategy, STRATEGIES, "strategy")
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"`conditional` must be a bool. Received: "
+                             f"conditional={self.conditional!r}")
+        if self.conditioning is not None:
+            check_choice(self.conditioning, CONDITIONINGS, "conditioning")
+            if not self.conditional:
+                raise ValueError("`conditioning` applies to conditional runs only (set "
+                                 f"conditional=True). Received: conditioning={self.conditioning!r}")
         if self.value_range is not None:
             self.value_range = check_value_range(self.value_range)
 
@@ -168,6 +185,8 @@ def default_hparams(cfg: TrainConfig, spec) -> dict:
     small = spec.num_dims <= 16
     if cfg.model == "nice":
         couplings, hidden = 4, ((64, 64) if small else (256,) * 4)
+    elif cfg.model == "nsf":  # 8 bins per unit: fewer, narrower couplings than RealNVP's
+        couplings, hidden = (4, (64, 64)) if small else (4, (128, 128))
     else:
         couplings, hidden = (8, (64, 64)) if small else (6, (256, 256))
     epochs = cfg.epochs or (60 if small else 150)

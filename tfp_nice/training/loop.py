@@ -114,7 +114,8 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = (load_run(run.final_dir)[0] if run.action == "extend"
-                 else build_model(cfg, run.splits.spec))  # checks the model before any write
+                 else build_model(cfg, run.splits.spec, run.splits.num_classes)
+                 )  # checks the model before any write
     with ExitStack() as stack:
         _open_work_dir(run, stack, strategy)
         with strategy.scope():
@@ -137,6 +138,8 @@ def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits, chief=True
     if splits is None:
         splits = data_lib.load(cfg.data, seed=cfg.seed, value_range=cfg.value_range,
                                num_levels=cfg.num_levels)
+    if cfg.conditional:
+        splits.require_labels()
     hp = default_hparams(cfg, splits.spec)
     if action == "extend":
         done = run_dir_lib.read_metrics(run_dir)["epochs"]
@@ -208,9 +211,14 @@ def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
     if run.action == "extend":
         return done, elapsed, {}
     if hasattr(model, "initialize_scale"):
+        labels = run.splits.train_labels[:1024] if run.cfg.conditional else None
         first = data_lib.as_dataset(run.splits.train[:1024], run.splits.spec, 1024,
-                                    training=False)
-        model.initialize_scale(next(iter(first)))
+                                    training=False, labels=labels)
+        batch = next(iter(first))
+        if labels is None:
+            model.initialize_scale(batch)
+        else:
+            model.initialize_scale(batch[0], context=batch[1])
     return 0, 0.0, {}  # a recorded end of training without a checkpoint: train again
 
 
@@ -227,9 +235,13 @@ def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose, strate
             f"{list(spec.event_shape)}: {len(run.splits.train)} train / "
             f"{len(run.splits.validation)} validation / {len(run.splits.test)} test examples, "
             f"up to {run.hp['epochs']} epochs")
+    # A conditional run trains p(x | label) on (x, label) pairs.
+    train_labels, val_labels = ((run.splits.train_labels, run.splits.validation_labels)
+                                if cfg.conditional else (None, None))
     train_ds = data_lib.as_dataset(run.splits.train, spec, cfg.batch_size, training=True,
-                                   seed=cfg.seed)
-    val_ds = data_lib.as_dataset(run.splits.validation, spec, 256, training=False, seed=cfg.seed)
+                                   seed=cfg.seed, labels=train_labels)
+    val_ds = data_lib.as_dataset(run.splits.validation, spec, 256, training=False, seed=cfg.seed,
+                                 labels=val_labels)
     fit = model.fit
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # Keras fit cannot
         fit = functools.partial(distributed.fit, model, strategy=strategy)
@@ -253,8 +265,13 @@ def _outputs(run: _Run, model: FlowModel, state: dict, serving_export: bool) -> 
     if os.path.exists(best):
         checkpoints.load_weights(best, model)
     spec, splits = run.splits.spec, run.splits
-    test_nll, test_bpd = outputs.evaluate_nll(model, splits.test, spec)
-    val_nll, val_bpd = outputs.evaluate_nll(model, splits.validation, spec)
+    conditional = run.cfg.conditional
+    if conditional:  # log p(c) of the Bayes classifier: the training frequencies
+        model.set_class_prior(labels=splits.train_labels)
+    test_nll, test_bpd = outputs.evaluate_nll(
+        model, splits.test, spec, labels=splits.test_labels if conditional else None)
+    val_nll, val_bpd = outputs.evaluate_nll(
+        model, splits.validation, spec, labels=splits.validation_labels if conditional else None)
     metrics = {
         "test_nll_nats": test_nll, "test_bits_per_dim": test_bpd,
         "validation_nll_nats": val_nll, "validation_bits_per_dim": val_bpd,
@@ -266,6 +283,9 @@ def _outputs(run: _Run, model: FlowModel, state: dict, serving_export: bool) -> 
         "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in run.hp.items()},
         "bits_per_dim_formula": "NLL / (D ln 2) in the dequantized data space (see README)",
     }
+    if conditional:
+        metrics.update(outputs.evaluate_classifier(model, splits.test, splits.test_labels, spec))
+        metrics["num_classes"] = int(model.num_classes)
     outputs.save_model(model, os.path.join(run.work_dir, "model.keras"))
     outputs.write_samples_png(model, spec, os.path.join(run.work_dir, "samples.png"),
                               run.cfg.seed, data=splits.train if not spec.is_image else None)

@@ -94,7 +94,7 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def _train_parser(sub) -> None:
-    from tfp_nice.training.config import MODEL_NAMES, STRATEGIES
+    from tfp_nice.training.config import MIXED_PRECISIONS, MODEL_NAMES, STRATEGIES
 
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
     t.add_argument("--model", default="nice", choices=list(MODEL_NAMES),
@@ -134,6 +134,10 @@ def _train_parser(sub) -> None:
     t.add_argument("--logical-cpus", type=_int_in(1, 64), default=None,
                    help="split the CPU into N logical devices (to run --strategy mirrored "
                         "without GPUs)")
+    t.add_argument("--mixed-precision", default=None, choices=list(MIXED_PRECISIONS),
+                   help="run the coupling networks in bfloat16 or float16 (Keras mixed "
+                        "policy; float16 adds loss scaling); log-dets, prior and weights "
+                        "stay float32")
     t.add_argument("--out", default=None,
                    help="run directory (default: runs/<model>-<data>-<timestamp>/)")
     g = t.add_mutually_exclusive_group()
@@ -205,6 +209,7 @@ def _train(args) -> int:
         patience=args.patience, value_range=args.value_range, num_levels=args.num_levels,
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
         time_limit=args.time_limit,
+        mixed_precision=args.mixed_precision,
     )
     out = args.out
     if out is None:

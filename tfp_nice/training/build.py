@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from typing import Any
 
 import keras
 
+from tfp_nice import precision
 from tfp_nice.data.spec import DataSpec
 from tfp_nice.flow_model import FlowModel
 from tfp_nice.presets import NICE, RealNVP, RealNVPImage
@@ -26,7 +28,8 @@ def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
 
     Integer data (dequantized to ``[0, L)``) and bounded continuous data are rescaled to
     ``[0, 1)``; RealNVP then applies the logit with ``α = 0.05``. Unbounded 2-D densities
-    are modelled as they are.
+    are modelled as they are. With ``cfg.mixed_precision`` the preset is built under that
+    mixed policy (:func:`tfp_nice.precision.policy_scope`): half-precision conditioners.
     """
     hp = default_hparams(cfg, spec)
     if cfg.model in IMAGE_MODELS:
@@ -39,7 +42,10 @@ def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
         kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
     if cfg.model in ("realnvp", "realnvp-image") and "data_scale" in kwargs:
         kwargs["logit_alpha"] = 0.05
-    return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
+    scope = (precision.policy_scope(cfg.mixed_precision) if cfg.mixed_precision
+             else contextlib.nullcontext())
+    with scope:
+        return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 
 
 def load_run(path: str) -> tuple[FlowModel, dict]:

@@ -19,6 +19,7 @@ from tfp_nice._internal.checks import (
 __all__ = [
     "IMAGE_MODELS",
     "MAX_SEED",
+    "MIXED_PRECISIONS",
     "MODEL_NAMES",
     "STRATEGIES",
     "TrainConfig",
@@ -31,13 +32,16 @@ MODEL_NAMES = ("nice", "realnvp", "realnvp-image")
 IMAGE_MODELS = ("realnvp-image",)
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
 STRATEGIES = ("none", "mirrored", "multiworker")
+#: ``mixed_precision`` values: the conditioners' compute dtype under a Keras mixed policy
+#: (see :mod:`tfp_nice.precision`, which this TensorFlow-free module does not import).
+MIXED_PRECISIONS = ("bfloat16", "float16")
 #: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
 MAX_SEED = 2**32 - 1
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
-_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit")
+_OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "mixed_precision")
 
 
 @dataclasses.dataclass
@@ -46,7 +50,8 @@ class TrainConfig:
 
     ``None`` hyper-parameters take per-model/per-data defaults (see :func:`default_hparams`).
     ``time_limit`` is a training budget in minutes (training stops cleanly when it is spent,
-    counted over every resumption).
+    counted over every resumption). ``mixed_precision`` (``"bfloat16"`` or ``"float16"``)
+    runs the conditioners under that Keras mixed policy; the flow stays float32.
 
     Raises:
       ValueError: naming the field and the value, for any field out of range.
@@ -68,6 +73,7 @@ class TrainConfig:
     num_blocks: int | None = None
     filters: int | None = None
     time_limit: float | None = None
+    mixed_precision: str | None = None
 
     def __post_init__(self):
         check_choice(self.model, MODEL_NAMES, "model")
@@ -91,6 +97,8 @@ class TrainConfig:
                                                    allow_empty=False)
         self._check_model_options()
         check_choice(self.strategy, STRATEGIES, "strategy")
+        if self.mixed_precision is not None:
+            check_choice(self.mixed_precision, MIXED_PRECISIONS, "mixed_precision")
         if self.value_range is not None:
             self.value_range = check_value_range(self.value_range)
 

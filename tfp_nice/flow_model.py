@@ -356,6 +356,13 @@ class FlowModel(ConditionalMixin, keras.Model):
             optimizer = precision.with_loss_scaling(optimizer, self)
         super().compile(optimizer, *args, **kwargs)
 
+    def compile_from_config(self, config: dict) -> None:
+        """Compiles a loaded model from its saved compile config (as Keras does for models
+        whose ``compile`` is not overridden; it skips custom ones)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean NLL (plus any regularisation losses), scaled for ``tf.distribute``.
 

@@ -3,12 +3,13 @@
 Run from the repo root (a few minutes on 2 cores):
     python bench/mixed_precision.py            # writes bench/mixed_precision.json and .md
     python bench/mixed_precision.py --quick --out /tmp/mp   # smoke test (8x8 images, seconds)
-What runs, in ONE process: `tfp_nice.RealNVPImage` on --shape (default 28x28x1: 3 scales,
-2 residual blocks, 32 filters, BatchNorm: the `tfp-nice train --model realnvp-image` defaults
-for MNIST-size images), built three times from the same seed: float32, and under
-`tfp_nice.precision.policy_scope("bfloat16")` and `("float16")` (conditioners in half
-precision; log-dets, prior, BatchNorm and weights in float32; float16 adds Keras'
-LossScaleOptimizer). Each is compiled with Adam(1e-4) (--jit: XLA as `tfp-nice train` does)
+What runs, in ONE process: `tfp_nice.RealNVPImage` on --shape (default 16x16x1: 3 scales,
+2 residual blocks, 16 filters, BatchNorm, logit preprocessing; 32 filters above 16x16, as the
+`tfp-nice train --model realnvp-image` defaults), built three times from the same seed:
+float32, and under `tfp_nice.precision.policy_scope("bfloat16")` and `("float16")`
+(conditioners in half precision; log-dets, prior, BatchNorm and weights in float32; float16
+adds Keras' LossScaleOptimizer). Each is compiled with Adam(1e-4) (--jit: XLA, as `tfp-nice
+train` does; off by default)
 and warmed up (trace/compile, --warmup steps), then --rounds rounds run each model for
 --steps steps of `fit` on one fixed batch of --batch uniformly dequantized pixels, the order
 rotated each round so machine noise hits all alike: ms/step is the median over rounds of the
@@ -16,6 +17,9 @@ per-round mean, and the ratio to float32 is taken within each round (median show
 Memory: TF's BFC allocator on CPU (TF_CPU_ALLOCATOR_USE_BFC=true, set before TF loads; one
 --reserve-mib region reserved first so chunk sizes are exact): peak bytes in use during one
 timed fit of each model ("step peak" = peak minus bytes in use before it).
+Warm-up: seconds of the first --warmup steps (trace, and with --jit the XLA compile, which
+is slow on CPU for the mixed models: at 8x8 (--quick) 62 s float32, 82 s bfloat16, 208 s
+float16; at 28x28 it ran past 10 minutes, so the README numbers are without XLA).
 Accuracy: max |log p_mixed - log p_f32| per dimension on the batch, with the float32 model's
 weights copied into the mixed one (after the warm-up steps, so the couplings are not the
 identity). The machine's load average (other users share the cores) is recorded before and
@@ -39,13 +43,14 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 
 def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", default="28,28,1", help="H,W,C of the images")
+    p.add_argument("--shape", default="16,16,1", help="H,W,C of the images")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
-                   help="XLA-compile the train step (as `tfp-nice train` does)")
+    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
+                   help="XLA-compile the train step (as `tfp-nice train` does; slow to compile "
+                        "on CPU, see the docstring)")
     p.add_argument("--reserve-mib", type=int, default=1024)
     p.add_argument("--quick", action="store_true", help="8x8x1, batch 16, 1 round: smoke test")
     p.add_argument("--out", default=os.path.join(HERE, "mixed_precision"),
@@ -121,6 +126,8 @@ def run(args) -> dict:
         start = time.perf_counter()
         model.fit(tf.data.Dataset.from_tensors(x).repeat(args.warmup), epochs=1, verbose=0)
         models[name] = model
+        print(f"{name}: built, warm-up {time.perf_counter() - start:.0f} s", file=sys.stderr,
+              flush=True)
         rows[name] = dict(
             precision=name, warmup_s=time.perf_counter() - start,
             compute_dtypes=tn.precision.compute_dtypes(model),
@@ -162,15 +169,16 @@ def table(result: dict) -> str:
         "one process, interleaved rounds)",
         "",
         "| precision | ms/step (median) | img/s | time vs f32 | peak (MiB) | step peak (MiB) "
-        "| max \\|Δ log p\\|/dim vs f32 | compute dtypes | optimizer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| max \\|Δ log p\\|/dim vs f32 | warm-up (s) | compute dtypes | optimizer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         diff = r.get("max_abs_log_prob_diff_per_dim")
         lines.append(
             f"| {r['precision']} | {r['ms_per_step']:.0f} | {r['img_per_s']:.0f} "
             f"| {r['time_vs_float32']:.2f}x | {r['peak_mib']:.1f} | {r['step_peak_mib']:.1f} "
-            f"| {'-' if diff is None else f'{diff:.1e}'} | {', '.join(r['compute_dtypes'])} "
+            f"| {'-' if diff is None else f'{diff:.1e}'} | {r['warmup_s']:.0f} "
+            f"| {', '.join(r['compute_dtypes'])} "
             f"| {r['optimizer']} |")
     return "\n".join(lines) + "\n"
 

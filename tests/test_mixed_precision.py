@@ -321,3 +321,28 @@ def test_a_saved_custom_flow_keeps_half_conditioners_and_float32_scales(tmp_path
     assert policies == {"MLPConditioner": "bfloat16", "TanhScale": "float32"}
     x = _toy(8)[:, :2]
     np.testing.assert_array_equal(loaded.log_prob(x).numpy(), model.log_prob(x).numpy())
+
+
+def test_the_class_conditional_prior_stays_float32_under_a_mixed_policy():
+    with precision.policy_scope("bfloat16"):
+        model = RealNVP([4], num_couplings=2, hidden_units=(8,), num_classes=3,
+                        conditioning="both")
+    prior = [s for s in model.steps if type(s).__name__ == "ContextAffine"]
+    assert prior and prior[0].conditioner.compute_dtype == "float32"
+    couplings = [s for s in model.steps if isinstance(s, AffineCoupling)]
+    assert {c.conditioner.compute_dtype for c in couplings} == {"bfloat16"}
+
+
+def test_readme_mixed_precision_example_trains_with_loss_scaling():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                 if "policy_scope(" in b)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    model = namespace["half_model"]
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert precision.model_precision(model) == "float16"
+    assert np.isfinite(model.log_prob(namespace["x"][:8]).numpy()).all()

@@ -48,7 +48,8 @@ _EXPORTS = {
     "ReversibleSequential": "tfp_nice.reversible",
     "keras_parameter": "tfp_nice.graph",
 }
-_SUBMODULES = ("graph", "layers", "masks", "preprocessing", "presets", "priors", "reversible",
+_SUBMODULES = ("graph", "layers", "masks", "precision", "preprocessing", "presets", "priors",
+               "reversible",
                "serialization", "testing")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]

@@ -96,7 +96,12 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def _train_parser(sub) -> None:
-    from tfp_nice.training.config import CONDITIONINGS, MODEL_NAMES, STRATEGIES
+    from tfp_nice.training.config import (
+        CONDITIONINGS,
+        MIXED_PRECISIONS,
+        MODEL_NAMES,
+        STRATEGIES,
+    )
 
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
     t.add_argument("--model", default="nice", choices=list(MODEL_NAMES),
@@ -141,6 +146,10 @@ def _train_parser(sub) -> None:
     t.add_argument("--logical-cpus", type=_int_in(1, 64), default=None,
                    help="split the CPU into N logical devices (to run --strategy mirrored "
                         "without GPUs)")
+    t.add_argument("--mixed-precision", default=None, choices=list(MIXED_PRECISIONS),
+                   help="run the coupling networks in bfloat16 or float16 (Keras mixed "
+                        "policy; float16 adds loss scaling); log-dets, prior and weights "
+                        "stay float32")
     t.add_argument("--out", default=None,
                    help="run directory (default: runs/<model>-<data>-<timestamp>/)")
     g = t.add_mutually_exclusive_group()
@@ -224,6 +233,7 @@ def _train(args) -> int:
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
         time_limit=args.time_limit, memory_saving=args.memory_saving,
         conditional=args.conditional, conditioning=args.conditioning,
+        mixed_precision=args.mixed_precision,
     )
     out = args.out
     if out is None:

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_nice import _context, graph, reversible, serialization
+from tfp_nice import _context, graph, precision, reversible, serialization
 from tfp_nice._conditional import ConditionalMixin
 from tfp_nice._internal import compat
 from tfp_nice.bijectors import ActNorm
@@ -61,7 +61,11 @@ class FlowModel(ConditionalMixin, keras.Model):
         add constant feature maps, :class:`~tfp_nice.ContextAffine` picks a per-class latent
         mean and scale). Inputs are then pairs: ``model((x, labels))``, ``fit(x, labels)``.
       context_shape: instead, a vector context ``[k]`` (float ``[batch, k]`` inputs).
-      **kwargs: ``keras.Model`` arguments (``name``...).
+      **kwargs: ``keras.Model`` arguments (``name``...). ``dtype`` defaults to the base
+        distribution's: the flow (data, log-dets, prior) computes in it. For mixed precision
+        build the steps under a mixed policy (:func:`tfp_nice.precision.policy_scope`): their
+        conditioners then compute in bfloat16/float16 while the flow stays in this dtype,
+        and :meth:`compile` adds loss scaling for float16 (see :mod:`tfp_nice.precision`).
 
     Raises:
       TypeError: if a step is not a bijector or the base is not a distribution.
@@ -94,6 +98,7 @@ class FlowModel(ConditionalMixin, keras.Model):
             )
         # Keras casts inputs to the model's dtype before `call`: keep the flow's precision.
         kwargs.setdefault("dtype", tf.as_dtype(base_distribution.dtype).name)
+        _check_model_dtype(kwargs["dtype"])
         super().__init__(**kwargs)
         if isinstance(steps, tfb.Bijector):
             steps = [steps]
@@ -339,6 +344,25 @@ class FlowModel(ConditionalMixin, keras.Model):
         x, context = _context.split_inputs(inputs)
         return -self.log_prob(x, context)
 
+    def compile(self, optimizer="rmsprop", *args, **kwargs):
+        """``keras.Model.compile``; with layers computing in float16 (a ``mixed_float16``
+        policy) the optimizer is wrapped in ``keras.optimizers.LossScaleOptimizer``.
+
+        Keras wraps it only when the *model's* policy is ``mixed_float16``; a FlowModel's is
+        its flow's dtype, so the conditioners' policy decides here. ``auto_scale_loss=False``
+        turns this off, as in Keras.
+        """
+        if kwargs.get("auto_scale_loss", True):
+            optimizer = precision.with_loss_scaling(optimizer, self)
+        super().compile(optimizer, *args, **kwargs)
+
+    def compile_from_config(self, config: dict) -> None:
+        """Compiles a loaded model from its saved compile config (as Keras does for models
+        whose ``compile`` is not overridden; it skips custom ones)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean NLL (plus any regularisation losses), scaled for ``tf.distribute``.
 
@@ -383,6 +407,19 @@ class FlowModel(ConditionalMixin, keras.Model):
         base = serialization.deserialize(config.pop("base_distribution"))
         steps = [serialization.deserialize(s) for s in config.pop("steps")]
         return cls(base, steps, **config)
+
+
+def _check_model_dtype(dtype) -> None:
+    """Refuses a mixed policy as the model's own: Keras would round the data to half
+    precision before ``call``; the policy belongs to the conditioners."""
+    policy = keras.dtype_policies.get(dtype)
+    if policy.compute_dtype != policy.variable_dtype:
+        raise ValueError(
+            "FlowModel: `dtype` is the flow's own dtype (data, log-dets, prior) and must not "
+            "be a mixed policy; build the steps under "
+            f"tfp_nice.precision.policy_scope({policy.compute_dtype!r}) instead, so only the "
+            f"conditioners compute in {policy.compute_dtype}. Received: dtype={policy.name!r}"
+        )
 
 
 def _first_inputs(x, batch_size):

@@ -15,6 +15,8 @@ place, and not silently elsewhere.
 * **Keras 2 detection**: tf_keras layers, TF1 templates (:func:`is_tf_keras_layer`,
   :func:`is_template`).
 * **Variable handles**: the ``tf.Variable`` behind a Keras 3 variable (:func:`tf_variable`).
+* **Nested layers**: every layer inside a Keras model, recursively, through Keras' private
+  ``_flatten_layers`` (:func:`nested_layers`), to read their dtype policies.
 * **Keras' resume epoch**: ``BackupAndRestore`` tells ``fit`` where to start through the
   model's private ``_initial_epoch`` (:func:`keras_initial_epoch`).
 * **Untracked holders**: Keras and ``tf.Module`` auto-track attributes; :class:`Untracked`
@@ -40,6 +42,7 @@ __all__ = [
     "is_invert",
     "is_template",
     "keras_initial_epoch",
+    "nested_layers",
     "is_tf_keras_layer",
     "ordered_after",
     "public_tfp_name",
@@ -142,6 +145,12 @@ def tf_variable(v: Any) -> tf.Variable:
     if not isinstance(v, tf.Variable):
         raise TypeError(f"Not a tf.Variable or a Keras variable: {v!r}")
     return v
+
+
+def nested_layers(layer) -> list:
+    """Every layer inside ``layer`` (recursively, each once, ``layer`` itself excluded),
+    through Keras' private ``Layer._flatten_layers``."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))  # noqa: SLF001
 
 
 def keras_initial_epoch(model) -> int | None:

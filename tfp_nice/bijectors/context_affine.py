@@ -15,6 +15,7 @@ from tfp_nice._internal.checks import check_event_shape, check_floating
 from tfp_nice.bijectors import _conditioner_io as io
 from tfp_nice.bijectors._base import LayerBijector
 from tfp_nice.layers import MLPConditioner
+from tfp_nice.precision import full_precision
 
 tfb = tfp.bijectors
 
@@ -41,7 +42,8 @@ class ContextAffine(LayerBijector):
 
     Args:
       event_shape: the event shape of ``x`` (e.g. the latent ``[D]``); creates the default
-        conditioner, a zero-initialised linear :class:`~tfp_nice.layers.MLPConditioner`.
+        conditioner, a zero-initialised linear :class:`~tfp_nice.layers.MLPConditioner`
+        (in float32 under a mixed policy: its outputs are the prior's mean and log-scale).
       conditioner: instead, a layer mapping the context ``[N, k]`` to ``[N, 2 * prod(event)]``
         (``[t, s]`` flattened); give ``event_shape`` with it.
       validate_args: passed to ``tfb.Bijector``.
@@ -73,7 +75,9 @@ class ContextAffine(LayerBijector):
         self._event_shape = check_event_shape(event_shape)
         size = int(np.prod(self._event_shape))
         if conditioner is None:
-            conditioner = MLPConditioner(2 * size, hidden_units=(), name=f"{name}_net")
+            # The per-context mean and log-scale of the prior: float32 under a mixed policy.
+            conditioner = MLPConditioner(2 * size, hidden_units=(), name=f"{name}_net",
+                                         dtype=full_precision(keras.config.dtype_policy()))
         elif not callable(conditioner):
             raise TypeError(
                 "ContextAffine: `conditioner` must be callable (a Keras layer mapping the context "

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import keras
+from tfp_nice.layers._precision import FullPrecisionLayer
 
 __all__ = ["SelfBuiltLayer"]
 
 
-class SelfBuiltLayer(keras.layers.Layer):
+class SelfBuiltLayer(FullPrecisionLayer):
     """``build()`` creates the weights from the constructor's arguments (it ignores
     ``input_shape``); reading a weight through :meth:`weight` builds the layer first, so the
     weights exist as soon as anyone needs them, including a bijector that reads them without
-    calling the layer."""
+    calling the layer.
+
+    These layers hold a flow's sensitive parameters (log-scales, statistics, LU factors), so
+    a mixed policy leaves them in its variable dtype (:class:`FullPrecisionLayer`)."""
 
     def build(self, input_shape=None):
         self._weights_by_name = self.create_weights()

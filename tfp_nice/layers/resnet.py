@@ -21,7 +21,8 @@ class WeightNormConv2D(keras.layers.Layer):
     ``v`` (``[k, k, c_in, filters]``) and the gain ``g`` (``[filters]``) are trained instead
     of ``w``; ``g`` starts at ``||v||`` so the layer starts as a plain convolution, or at zero
     with ``zero_init=True`` (then the layer outputs ``bias = 0`` and a coupling using it starts
-    as the identity). ``"same"`` padding, stride 1.
+    as the identity). ``"same"`` padding, stride 1. Under a mixed policy ``v``, ``g`` and
+    ``||v||`` stay in the variable dtype (float32) and only ``w`` is cast to the compute dtype.
 
     Args:
       filters: output channels.
@@ -48,8 +49,10 @@ class WeightNormConv2D(keras.layers.Layer):
     def build(self, input_shape):
         c_in = int(input_shape[-1])
         k = self.kernel_size
+        # v and g are read in their own dtype (no autocast): the norm is computed in float32
+        # under a mixed policy, and only the normalised kernel is cast to the compute dtype.
         self.v = self.add_weight(name="v", shape=(k, k, c_in, self.filters),
-                                 initializer=self.kernel_initializer)
+                                 initializer=self.kernel_initializer, autocast=False)
         if self.zero_init:
             g_init = "zeros"
         else:
@@ -59,14 +62,14 @@ class WeightNormConv2D(keras.layers.Layer):
             g_init = keras.initializers.Constant(norm)
         self.g = self.add_weight(
             name="g", shape=(self.filters,), initializer=g_init,
-            regularizer=keras.regularizers.L2(self.l2) if self.l2 else None,
+            regularizer=keras.regularizers.L2(self.l2) if self.l2 else None, autocast=False,
         )
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
 
     def call(self, inputs):
         v = self.v
         norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(v), axis=(0, 1, 2)) + 1e-12)
-        w = v * (self.g / norm)
+        w = keras.ops.cast(v * (self.g / norm), self.compute_dtype)
         return keras.ops.conv(inputs, w, padding="same") + self.bias
 
     def compute_output_shape(self, input_shape):

@@ -8,16 +8,19 @@ import keras
 
 from tfp_nice import _math
 from tfp_nice._internal.checks import check_event_shape
+from tfp_nice.layers._precision import FullPrecisionLayer
 from tfp_nice.layers._self_built import SelfBuiltLayer
 
 __all__ = ["TanhScale", "LogScale"]
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class TanhScale(keras.layers.Layer):
+class TanhScale(FullPrecisionLayer):
     """``s = c * tanh(h)`` with a learned per-unit ``c`` (RealNVP's scale stabiliser).
 
-    ``c`` has the size of ``h``'s last axis and starts at ``initial_scale``.
+    ``c`` has the size of ``h``'s last axis and starts at ``initial_scale``. ``s`` is a
+    log-scale: under a mixed policy the layer computes in float32 (the policy's variable
+    dtype), see :mod:`tfp_nice.precision`.
 
     Example:
       >>> import numpy as np

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow_probability as tfp
 
-from tfp_nice import layers, masks, preprocessing, priors
+from tfp_nice import layers, masks, precision, preprocessing, priors
 from tfp_nice._internal.checks import check_choice, check_event_shape, check_int
 from tfp_nice.bijectors import ContextAffine
 from tfp_nice.flow_model import FlowModel
@@ -34,6 +34,8 @@ class Preset(FlowModel):
     """A FlowModel built from a few hyper-parameters; its config is those hyper-parameters.
 
     Subclasses set ``self._preset_config`` (the constructor's arguments) after building.
+    A preset built under a mixed policy records it (``"mixed_precision"``) and is rebuilt
+    under it, so a loaded model keeps half-precision conditioners.
     """
 
     _preset_config: dict
@@ -43,11 +45,19 @@ class Preset(FlowModel):
         config.update(self._preset_config)
         if self.memory_saving:
             config["memory_saving"] = True
+        half = precision.model_precision(self)
+        if half is not None:
+            config["mixed_precision"] = half
         return config
 
     @classmethod
     def from_config(cls, config: dict):
-        return cls(**config)
+        config = dict(config)
+        half = config.pop("mixed_precision", None)
+        if half is None:
+            return cls(**config)
+        with precision.policy_scope(half):
+            return cls(**config)
 
 
 #: Where a conditional preset uses its context (``conditioning=``).

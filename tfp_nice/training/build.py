@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from typing import Any
 
 import keras
 
+from tfp_nice import precision
 from tfp_nice.data.spec import DataSpec
 from tfp_nice.flow_model import FlowModel
 from tfp_nice.presets import NICE, NSF, RealNVP, RealNVPImage
@@ -27,7 +29,9 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
     Integer data (dequantized to ``[0, L)``) and bounded continuous data are rescaled to
     ``[0, 1)``; RealNVP and NSF then apply the logit with ``α = 0.05``. Unbounded 2-D
     densities are modelled as they are (NSF's spline interval then covers the data's range).
-    ``num_classes`` (with ``cfg.conditional``) makes the preset class-conditional.
+    ``num_classes`` (with ``cfg.conditional``) makes the preset class-conditional. With
+    ``cfg.mixed_precision`` the preset is built under that mixed policy
+    (:func:`tfp_nice.precision.policy_scope`): half-precision conditioners.
     """
     hp = default_hparams(cfg, spec)
     if cfg.model in IMAGE_MODELS:
@@ -51,7 +55,10 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
         kwargs["num_classes"] = int(num_classes)
         if cfg.conditioning is not None:
             kwargs["conditioning"] = cfg.conditioning
-    return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
+    scope = (precision.policy_scope(cfg.mixed_precision) if cfg.mixed_precision
+             else contextlib.nullcontext())
+    with scope:
+        return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 
 
 def load_run(path: str) -> tuple[FlowModel, dict]:

@@ -19,6 +19,7 @@ from tfp_nice._internal.checks import (
 __all__ = [
     "IMAGE_MODELS",
     "MAX_SEED",
+    "MIXED_PRECISIONS",
     "MODEL_NAMES",
     "CONDITIONINGS",
     "STRATEGIES",
@@ -34,6 +35,9 @@ IMAGE_MODELS = ("realnvp-image",)
 CONDITIONINGS = ("couplings", "prior", "both")
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
 STRATEGIES = ("none", "mirrored", "multiworker")
+#: ``mixed_precision`` values: the conditioners' compute dtype under a Keras mixed policy
+#: (see :mod:`tfp_nice.precision`, which this TensorFlow-free module does not import).
+MIXED_PRECISIONS = ("bfloat16", "float16")
 #: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
 MAX_SEED = 2**32 - 1
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
@@ -41,7 +45,7 @@ _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
 _OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "memory_saving", "conditional",
-                       "conditioning")
+                       "conditioning", "mixed_precision")
 
 
 @dataclasses.dataclass
@@ -55,6 +59,8 @@ class TrainConfig:
     ``conditional`` trains ``p(x | label)`` on the data's class labels (``num_classes``
     from the data); ``conditioning`` says where the label acts (``"couplings"``,
     ``"prior"`` or ``"both"``; ``None``: per-model default).
+    ``mixed_precision`` (``"bfloat16"`` or ``"float16"``) runs the conditioners under that
+    Keras mixed policy; the flow stays float32.
 
     Raises:
       ValueError: naming the field and the value, for any field out of range.
@@ -79,6 +85,7 @@ class TrainConfig:
     memory_saving: bool = False
     conditional: bool = False
     conditioning: str | None = None
+    mixed_precision: str | None = None
 
     def __post_init__(self):
         check_choice(self.model, MODEL_NAMES, "model")
@@ -113,6 +120,8 @@ class TrainConfig:
             if not self.conditional:
                 raise ValueError("`conditioning` applies to conditional runs only (set "
                                  f"conditional=True). Received: conditioning={self.conditioning!r}")
+        if self.mixed_precision is not None:
+            check_choice(self.mixed_precision, MIXED_PRECISIONS, "mixed_precision")
         if self.value_range is not None:
             self.value_range = check_value_range(self.value_range)
 

@@ -10,14 +10,14 @@ import keras
 
 from tfp_nice.data.spec import DataSpec
 from tfp_nice.flow_model import FlowModel
-from tfp_nice.presets import NICE, RealNVP, RealNVPImage
+from tfp_nice.presets import NICE, Glow, RealNVP, RealNVPImage
 from tfp_nice.training.config import IMAGE_MODELS, TrainConfig, default_hparams
 from tfp_nice.training.run_dir import RunError, read_run_json
 
 __all__ = ["MODELS", "build_model", "load_run"]
 
 #: The presets :class:`~tfp_nice.training.TrainConfig` names.
-MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage}
+MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage, "glow": Glow}
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 
 
@@ -31,13 +31,16 @@ def build_model(cfg: TrainConfig, spec: DataSpec) -> FlowModel:
     hp = default_hparams(cfg, spec)
     if cfg.model in IMAGE_MODELS:
         kwargs: dict[str, Any] = {k: hp[k] for k in _IMAGE_ONLY}
+        if cfg.model == "glow":  # L levels, K steps per level; glow_defaults' recipe
+            kwargs = dict(num_levels=hp["num_scales"], num_steps=hp["num_blocks"],
+                          filters=hp["filters"], scale="tanh", split_prior=True)
     else:
         kwargs = dict(num_couplings=hp["num_couplings"], hidden_units=hp["hidden_units"])
     if spec.num_levels is not None:
         kwargs.update(data_scale=float(spec.num_levels), data_low=float(spec.low))
     elif spec.is_image:
         kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
-    if cfg.model in ("realnvp", "realnvp-image") and "data_scale" in kwargs:
+    if cfg.model in ("realnvp", "realnvp-image", "glow") and "data_scale" in kwargs:
         kwargs["logit_alpha"] = 0.05
     return MODELS[cfg.model](list(spec.event_shape), name=cfg.model, **kwargs)
 

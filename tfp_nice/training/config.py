@@ -26,9 +26,10 @@ __all__ = [
 ]
 
 #: Model names of :class:`TrainConfig` (the presets of :mod:`tfp_nice.presets`).
-MODEL_NAMES = ("nice", "realnvp", "realnvp-image")
-#: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
-IMAGE_MODELS = ("realnvp-image",)
+MODEL_NAMES = ("nice", "realnvp", "realnvp-image", "glow")
+#: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only; for
+#: ``glow``: levels ``L``, steps of flow per level ``K`` and the coupling networks' width).
+IMAGE_MODELS = ("realnvp-image", "glow")
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
 STRATEGIES = ("none", "mirrored", "multiworker")
 #: The largest seed (Keras seeds NumPy, which takes 32-bit seeds).
@@ -100,7 +101,8 @@ class TrainConfig:
                  if getattr(self, n) is not None]
         if wrong:
             hint = ("the image model's size is set by num_scales, num_blocks and filters" if image
-                    else f"only model 'realnvp-image' takes {', '.join(_IMAGE_ONLY)}")
+                    else f"only models {' and '.join(map(repr, IMAGE_MODELS))} take "
+                         f"{', '.join(_IMAGE_ONLY)}")
             raise ValueError(
                 f"`{wrong[0]}` does not apply to model {self.model!r} ({hint}). "
                 f"Received: {wrong[0]}={getattr(self, wrong[0])!r}"
@@ -194,6 +196,8 @@ def _image_hparams(cfg: TrainConfig, spec) -> dict:
             f"Model {cfg.model!r} needs image data [height, width, channels]. "
             f"Received data {spec.name!r} with event shape {list(spec.event_shape)}"
         )
+    if cfg.model == "glow":
+        return _glow_hparams(cfg, spec)
     epochs = cfg.epochs or 40
     return {
         "num_scales": cfg.num_scales or _default_num_scales(*spec.event_shape[:2]),
@@ -201,6 +205,23 @@ def _image_hparams(cfg: TrainConfig, spec) -> dict:
         "filters": cfg.filters or (16 if spec.event_shape[0] * spec.event_shape[1] <= 256
                                    else 32),
         "learning_rate": cfg.learning_rate or 1e-3,
+        "epochs": epochs,
+        "patience": cfg.patience or max(10, epochs // 4),
+    }
+
+
+def _glow_hparams(cfg: TrainConfig, spec) -> dict:
+    """Defaults of ``glow`` (:func:`tfp_nice.presets.glow_defaults`: ``L`` from the image size,
+    ``K=8``, 32 filters), Adam at 2e-3. ``num_scales`` / ``num_blocks`` set ``L`` / ``K``."""
+    from tfp_nice.presets.glow import glow_defaults  # (imports TensorFlow: only when needed)
+
+    base = glow_defaults(list(spec.event_shape))
+    epochs = cfg.epochs or 40
+    return {
+        "num_scales": cfg.num_scales or base["num_levels"],
+        "num_blocks": cfg.num_blocks or base["num_steps"],
+        "filters": cfg.filters or base["filters"],
+        "learning_rate": cfg.learning_rate or 2e-3,
         "epochs": epochs,
         "patience": cfg.patience or max(10, epochs // 4),
     }

@@ -8,6 +8,7 @@ In ONE process, per model (built by `tfp_nice.training.build_model` at the CLI d
 `default_hparams`), every config runs the same training step (Adam, loss and gradient of all
 trainable weights) on the same batches (the CLI's `as_dataset` pipeline, dequantized):
   flow       the flow's step (`model.compute_loss`) in a plain GradientTape loop;
+  flow_gather  the same with the couplings' gather/merge form (before the elementwise one);
   fit        the flow under `keras.Model.fit` (the CLI's path: data pipeline, callbacks);
   floor      (a) the compute floor: the same conditioner networks as plain Keras `Conv2D`
              layers (weight norm dropped), fed inputs of the shapes the couplings give them,
@@ -17,7 +18,8 @@ trainable weights) on the same batches (the CLI's `as_dataset` pipeline, dequant
              masks, log-det bookkeeping, squeeze/factor-out, normalisation, prior;
   skeleton_no_norm  the same without the normalisation steps (realnvp-image only);
   gauge      (b) a 3x3 64->64 convolution's forward + backward: the machine's conv peak.
-Modes: eager, `tf.function`, `tf.function(jit_compile=True)` (fit: `compile(jit_compile=...)`).
+Modes: eager, `tf.function`, `tf.function(jit_compile=True)`; eager and XLA time the flow, the
+floor and the gauge only (XLA compiles of a full-size flow take minutes on 2 cores).
 Each config is warmed up untimed; then `--rounds` rounds time `--steps` steps of each config,
 the start rotated each round; a round gives the median step, tables the median over rounds.
 Part breakdown (function mode): conv = floor; weight norm = floor_wn - floor; normalisation =
@@ -249,16 +251,21 @@ def build_configs(name, args, splits):
         skeletons["skeleton_no_norm"] = prepared(_skeleton(model, normalization="none"))
     fit_ds = data_lib.as_dataset(splits.train, spec, batch, training=True, seed=0).repeat()
     floor_ds = tf.data.Dataset.from_tensors(batches[0]).repeat()
+    gather = prepared(_flow_variant(model))
+    for b in _couplings(gather):  # the gather/merge form the elementwise one replaced
+        b._elementwise_masked = False
     configs = {}
-    for mode in args.modes:
+    for mode in args.modes:  # eager and XLA: the flow and its floor only (compiles are slow)
         configs[("flow", mode)] = _loop_timer(_step_fn(model, mode), batches)
         configs[("floor", mode)] = _loop_timer(_step_fn(floor, mode), batches)
+        configs[("gauge", mode)], info["gauge_gflop_per_step"] = _gauge(
+            batch, spec.event_shape, mode)
+        if mode != "function":
+            continue
+        configs[("flow_gather", mode)] = _loop_timer(_step_fn(gather, mode), batches)
         configs[("floor_wn", mode)] = _loop_timer(_step_fn(floor_wn, mode), batches)
         for key, m in skeletons.items():
             configs[(key, mode)] = _loop_timer(_step_fn(m, mode), batches)
-        configs[("gauge", mode)], info["gauge_gflop_per_step"] = _gauge(
-            batch, spec.event_shape, mode)
-    for mode in [m for m in args.modes if m != "eager"]:
         configs[("fit", mode)] = _fit_timer(_flow_variant_for_fit(model, batches), mode, fit_ds)
         configs[("floor_fit", mode)] = _fit_timer(
             Floor([_plain_mirror(b.conditioner) for b in couplings], shapes, batch), mode,
@@ -302,6 +309,10 @@ def summarise(info, timings, batch):
         if ("fit", mode) in get:
             ratios[f"fit/floor_fit {mode}"] = get[("floor_fit", mode)] / get[("fit", mode)]
             ratios[f"fit/floor {mode}"] = get[("floor", mode)] / get[("fit", mode)]
+        if ("flow_gather", mode) in get:
+            ratios[f"flow_gather/floor {mode}"] = get[("floor", mode)] / get[("flow_gather", mode)]
+        if mode != "function" and ("flow", "function") in get:
+            ratios[f"flow {mode} / flow function"] = get[("flow", "function")] / get[("flow", mode)]
     parts = {}
     m = "function" if ("flow", "function") in get else next(r["mode"] for r in rows)
     if ("flow", m) in get:

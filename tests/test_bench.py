@@ -101,7 +101,8 @@ def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
     assert set(models) == {"realnvp-image", "glow"}
     for name, m in models.items():
         configs = {(r["config"], r["mode"]) for r in m["rows"]}
-        want = {"flow", "floor", "floor_wn", "skeleton", "gauge", "fit", "floor_fit"}
+        want = {"flow", "flow_gather", "floor", "floor_wn", "skeleton", "gauge", "fit",
+                "floor_fit"}
         if name == "realnvp-image":
             want.add("skeleton_no_norm")
         assert configs == {(c, "function") for c in want}, configs

@@ -267,3 +267,26 @@ def test_wrong_dimensionality_for_a_trained_model_is_refused(finished_run, tmp_p
 def test_evaluate_missing_run_is_one_line_exit_2(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "No model at" in capsys.readouterr().err
+
+
+def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
+    """28x28 / 32x32: realnvp-image 3 scales x 1 block x 16 filters, Glow L=2 (28) or 3 (32),
+    K=8, 32 filters, both without XLA; the 8x8 digits keep their sizes and XLA."""
+    from tfp_nice.data.spec import DataSpec
+    from tfp_nice.training.config import TrainConfig, default_hparams
+
+    def hp(model, shape):
+        spec = DataSpec("x", tuple(shape), 256, 0.0, 255.0)
+        return default_hparams(TrainConfig(model=model), spec)
+
+    mnist, cifar, digits = [28, 28, 1], [32, 32, 3], [8, 8, 1]
+    got = {k: hp("realnvp-image", mnist)[k] for k in ("num_scales", "num_blocks", "filters",
+                                                      "jit_compile")}
+    assert got == {"num_scales": 3, "num_blocks": 1, "filters": 16, "jit_compile": False}
+    assert hp("realnvp-image", cifar)["num_scales"] == 3
+    assert (hp("realnvp-image", digits)["num_blocks"], hp("realnvp-image", digits)["jit_compile"]
+            ) == (2, True)
+    g = hp("glow", mnist)
+    assert (g["num_scales"], g["num_blocks"], g["filters"], g["learning_rate"],
+            g["jit_compile"]) == (2, 8, 32, 2e-3, False)
+    assert hp("glow", cifar)["num_scales"] == 3 and hp("glow", digits)["jit_compile"] is True

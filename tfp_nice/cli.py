@@ -116,11 +116,12 @@ def _train_parser(sub) -> None:
                    help="realnvp-image: scales of the multi-scale architecture (default: as many "
                         "as keep the smallest image >= 4x4, at most 3); glow: levels L")
     t.add_argument("--num-blocks", type=_int_in(1, 10**3), default=None,
-                   help="realnvp-image: residual blocks per coupling network (default: 2); "
+                   help="realnvp-image: residual blocks per coupling network (default: 2 for "
+                        "images up to 16x16 pixels, else 1); "
                         "glow: steps of flow K per level (default: 8)")
     t.add_argument("--filters", type=_int_in(1, 10**5), default=None,
-                   help="realnvp-image: feature maps at the first scale (default: 16 for "
-                        "images up to 16x16 pixels, else 32); glow: width of the coupling "
+                   help="realnvp-image: feature maps at the first scale (default: 16); "
+                        "glow: width of the coupling "
                         "networks (default: 32)")
     t.add_argument("--patience", type=_int_in(1, 10**6), default=None,
                    help="early-stopping patience in epochs (default: epochs/4)")

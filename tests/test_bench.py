@@ -147,3 +147,33 @@ def test_conditional_bench_quick_run_writes_every_part(tmp_path):
     assert saved["rows"] == rows and saved["env"]["quick"] is True
     md = (tmp_path / "c.md").read_text()
     assert md.count("| conditional | digits |") == 2 and "| spline-vs-affine | digits |" in md
+
+
+def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
+    """bench/image_speed.py --quick: the flow, its conv floor, the gauge and fit, in one run."""
+    out = tmp_path / "image_speed"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "image_speed.py"), "--quick",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "image_speed.json").read_text())
+    assert result["env"]["quick"] and len(result["env"]["load_before"]) == 3
+    models = {m["model"]: m for m in result["models"]}
+    assert set(models) == {"realnvp-image", "glow"}
+    for name, m in models.items():
+        configs = {(r["config"], r["mode"]) for r in m["rows"]}
+        want = {"flow", "flow_gather", "floor", "floor_wn", "skeleton", "gauge", "fit",
+                "floor_fit"}
+        if name == "realnvp-image":
+            want.add("skeleton_no_norm")
+        assert configs == {(c, "function") for c in want}, configs
+        assert all(r["img_s"] > 0 and r["median_s"] > 0 for r in m["rows"])
+        assert m["conv_gflop_per_step"] > 0 and m["params"] > 0
+        assert 0 < m["ratios"]["flow/floor function"] < 5
+        assert 0 < m["ratios"]["fit/floor_fit function"] < 5
+        parts = m["parts_s"]
+        assert parts["flow step"] > 0 and "fit loop (fit - flow)" in parts
+    assert models["glow"]["hparams"]["num_scales"] == 1  # glow_defaults on 8x8
+    md = (tmp_path / "image_speed.md").read_text()
+    assert "## realnvp-image" in md and "## glow" in md and "| flow/floor function |" in md

@@ -196,6 +196,35 @@ def test_memory_saving_trains_the_same_model_and_is_recorded(tmp_path):
                      str(tmp_path / "saving"), *TINY]) == 2  # a different configuration
 
 
+def test_glow_trains_samples_exports_and_loads_in_the_tf1_session_loader(tmp_path, capsys):
+    """`--model glow` end to end on the digits: two levels (a split with its learned prior),
+    the run's files, `tfp-nice export`, and the TF1 loader (TF Serving's) serving its NLL."""
+    import tensorflow as tf
+
+    from tfp_nice import data as data_lib
+
+    run = tmp_path / "glow"
+    assert cli.main(["train", "--model", "glow", "--data", "digits", "--num-scales", "2",
+                     "--num-blocks", "1", "--filters", "4", "--epochs", "1",
+                     "--batch-size", "419", "--out", str(run), "--no-export"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"]["num_levels"] == 2 and metrics["model"]["num_steps"] == 1
+    assert metrics["model"]["filters"] == 4 and metrics["model"]["scale"] == "tanh"
+    assert metrics["model"]["logit_alpha"] == 0.05 and metrics["hparams"]["learning_rate"] == 2e-3
+    assert 0 < metrics["test_bits_per_dim"] < 8
+    for name in ("samples.png", "samples_per_scale.png", "model.keras"):
+        assert (run / name).read_bytes()[:4] in (b"\x89PNG", b"PK\x03\x04"), name
+    out = tmp_path / "saved_models" / "glow"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    assert f"--model_base_path={out}" in capsys.readouterr().out
+    test = data_lib.load("digits").test
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(out / "1"))
+        sig = meta.signature_def["log_prob"]
+        bpd = sess.run(sig.outputs["bits_per_dim"].name, {sig.inputs["x"].name: test})
+    np.testing.assert_allclose(bpd.mean(), metrics["test_bits_per_dim"], rtol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
@@ -217,7 +246,7 @@ def bad_files(tmp_path_factory):
     (["--data", "{d}/range.npy", "--value-range", "0,255"], "300"),
     (["--data", "{d}/dims.npy"], "ndim 5"),
     (["--data", "mnist-offline-typo"], "mnist-offline-typo"),
-    (["--model", "glow"], "glow"),
+    (["--model", "flowpp"], "flowpp"),
     (["--epochs", "0"], "epochs"),
     (["--epochs", "-3"], "epochs"),
     (["--batch-size", "abc"], "batch-size"),
@@ -439,3 +468,26 @@ def test_conditional_fields_stay_out_of_run_json_at_their_defaults(capsys):
     assert exit_code(["train", "--conditioning", "prior", *TINY]) == 2
     assert "`conditioning` applies to conditional runs only" in error_line(
         capsys.readouterr().err)
+
+
+def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
+    """28x28 / 32x32: realnvp-image 3 scales x 1 block x 16 filters, Glow L=2 (28) or 3 (32),
+    K=8, 32 filters, both without XLA; the 8x8 digits keep their sizes and XLA."""
+    from tfp_nice.data.spec import DataSpec
+    from tfp_nice.training.config import TrainConfig, default_hparams
+
+    def hp(model, shape):
+        spec = DataSpec("x", tuple(shape), 256, 0.0, 255.0)
+        return default_hparams(TrainConfig(model=model), spec)
+
+    mnist, cifar, digits = [28, 28, 1], [32, 32, 3], [8, 8, 1]
+    got = {k: hp("realnvp-image", mnist)[k] for k in ("num_scales", "num_blocks", "filters",
+                                                      "jit_compile")}
+    assert got == {"num_scales": 3, "num_blocks": 1, "filters": 16, "jit_compile": False}
+    assert hp("realnvp-image", cifar)["num_scales"] == 3
+    assert (hp("realnvp-image", digits)["num_blocks"], hp("realnvp-image", digits)["jit_compile"]
+            ) == (2, True)
+    g = hp("glow", mnist)
+    assert (g["num_scales"], g["num_blocks"], g["filters"], g["learning_rate"],
+            g["jit_compile"]) == (2, 8, 32, 2e-3, False)
+    assert hp("glow", cifar)["num_scales"] == 3 and hp("glow", digits)["jit_compile"] is True

@@ -1,6 +1,7 @@
 """``tfp-nice``: train, evaluate and sample reversible generative models from the shell.
 
-  tfp-nice train [--model nice|realnvp|realnvp-image|nsf] [--data digits|moons|...|PATH|tfds:NAME]
+  tfp-nice train [--model nice|realnvp|realnvp-image|glow|nsf]
+                 [--data digits|moons|...|PATH|tfds:NAME]
                  [--epochs N] [--time-limit MINUTES] [--out DIR] [--resume | --overwrite]
                  [--conditional] ...
   tfp-nice evaluate RUN_DIR|MODEL.keras [--data ...]
@@ -106,8 +107,9 @@ def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a flow (default: NICE on the offline digits)")
     t.add_argument("--model", default="nice", choices=list(MODEL_NAMES),
                    help="nice | realnvp (vector MLP couplings) | realnvp-image (RealNVP's "
-                        "multi-scale convolutional architecture, image data only) | nsf "
-                        "(neural spline flow: rational-quadratic spline couplings)")
+                        "multi-scale convolutional architecture, image data only) | glow "
+                        "(Glow: ActNorm, 1x1 convolutions, affine couplings; image data only) | "
+                        "nsf (neural spline flow: rational-quadratic spline couplings)")
     t.add_argument("--data", default="digits",
                    help="digits | moons | rings | checkerboard | 8gaussians | PATH.npy/.npz | "
                         "tfds:NAME (default: digits, offline)")
@@ -125,12 +127,15 @@ def _train_parser(sub) -> None:
     t.add_argument("--hidden-units", type=_units, default=None, help="e.g. 256,256")
     t.add_argument("--num-scales", type=_int_in(1, 16), default=None,
                    help="realnvp-image: scales of the multi-scale architecture (default: as many "
-                        "as keep the smallest image >= 4x4, at most 3)")
+                        "as keep the smallest image >= 4x4, at most 3); glow: levels L")
     t.add_argument("--num-blocks", type=_int_in(1, 10**3), default=None,
-                   help="realnvp-image: residual blocks per coupling network (default: 2)")
+                   help="realnvp-image: residual blocks per coupling network (default: 2 for "
+                        "images up to 16x16 pixels, else 1); "
+                        "glow: steps of flow K per level (default: 8)")
     t.add_argument("--filters", type=_int_in(1, 10**5), default=None,
-                   help="realnvp-image: feature maps at the first scale (default: 16 for "
-                        "images up to 16x16 pixels, else 32)")
+                   help="realnvp-image: feature maps at the first scale (default: 16); "
+                        "glow: width of the coupling "
+                        "networks (default: 32)")
     t.add_argument("--patience", type=_int_in(1, 10**6), default=None,
                    help="early-stopping patience in epochs (default: epochs/4)")
     t.add_argument("--value-range", type=_range, default=None,

@@ -53,7 +53,10 @@ class CouplingBase(LayerBijector):
       §3.4): ``concat([x * mask, mask[..., :1]], -1)`` of shape ``[batch, H, W, C + 1]`` — the
       pass-through units in place, zeros elsewhere, plus the mask as an extra channel (as in
       RealNVP's code); it returns ``[batch, H, W, k * C]`` (or ``k`` tensors ``[batch, H, W, C]``)
-      with the event shape, and the transformed units' parameters are gathered with the mask.
+      with the event shape. Couplings whose zero parameters are the identity (affine,
+      additive: ``_elementwise_masked``) then run on whole images, RealNVP's elementwise
+      formulation ``y = x·m + (1 − m)·f(x; θ)`` with ``θ·(1 − m)`` (log-det ``Σ (1 − m)·s``), so
+      no unit is gathered or scattered; the protocol below still splits with the mask.
     """
 
     _conditioner_arg = "conditioner"
@@ -62,6 +65,9 @@ class CouplingBase(LayerBijector):
     #: How many parameters the conditioner returns per transformed unit when it returns one
     #: tensor per parameter (these may broadcast against ``x2``, as in ``tfb.RealNVP``).
     _num_parameters = 1
+    #: ``True`` where :meth:`coupling_transform` with every parameter zero is exactly the
+    #: identity with log-det 0: a ``"masked"`` coupling then runs elementwise (no gathers).
+    _elementwise_masked = False
 
     def __init__(self, conditioner, num_masked: int | None, fraction_masked: float | None,
                  mask, validate_args: bool, parameters: dict, name: str,
@@ -217,12 +223,19 @@ class CouplingBase(LayerBijector):
         """Maps the conditioner's raw outputs (``k`` tensors ``[..., d2]``) to parameters."""
         return outs
 
+    def _elementwise_parameters(self, outs: tuple, mask: masks_lib.Mask) -> tuple:
+        """:meth:`_parameters_from` for whole-image outputs ``[..., H, W, C]`` (the elementwise
+        form); subclasses with per-unit weights place them on the transformed units."""
+        return self._parameters_from(outs)
+
     def _conditioner_output_units(self, num_transformed: int) -> dict[int, int]:
         """Maps "number of returned tensors" -> "last dimension of each"."""
         raise NotImplementedError
 
     # --- tfb.Bijector ------------------------------------------------------------------------
     def _run(self, x: tf.Tensor, inverse: bool, condition: dict):
+        if self._conditioner_input == "masked" and self._elementwise_masked:
+            return self._run_elementwise(x, inverse, condition)
         mask, x1, x2 = self.coupling_split(x, "y" if inverse else "x")
         params = self.coupling_parameters(x1, x, mask, **condition)
         out2, ldj = self.coupling_transform(x2, params, inverse)
@@ -294,9 +307,26 @@ class CouplingBase(LayerBijector):
                                      f"for {num_transformed} transformed units")
         return io.reshape_outputs(outs, rows, lead, x1.dtype)
 
-    def _run_conditioner_masked(self, x: tf.Tensor, mask: masks_lib.Mask, condition: dict
-                                ) -> tuple:
-        """Runs the conditioner on ``[x * mask, mask]`` images; gathers the transformed units."""
+    def _run_elementwise(self, x: tf.Tensor, inverse: bool, condition: dict):
+        """The coupling on whole images ``[..., H, W, C]``: ``f`` with the parameters of the
+        pass-through units zeroed, ``y = x·m + (1 − m)·f(x; θ)`` exactly (``f(x; 0) = x``);
+        log-det ``Σ_{H,W,C} (1 − m)·s``."""
+        arg = "y" if inverse else "x"
+        check_floating(x, self._owner, arg)
+        if self.validate_args:
+            x = check_finite(x, self._owner, arg)
+        mask = self._resolve_mask(x, arg)
+        outs = self._run_conditioner_masked(x, mask, condition, gather=False)
+        keep = tf.constant(~mask.pattern, x.dtype)  # 1 where units are transformed
+        params = self._elementwise_parameters(outs, mask)
+        params = tuple(None if p is None else p * keep for p in params)
+        out, ldj = self.coupling_transform(x, params, inverse)
+        return out, None if ldj is None else tf.reduce_sum(ldj, axis=[-2, -1])
+
+    def _run_conditioner_masked(self, x: tf.Tensor, mask: masks_lib.Mask, condition: dict,
+                                gather: bool = True) -> tuple:
+        """Runs the conditioner on ``[x * mask, mask]`` images; gathers the transformed units
+        (``gather=False``: returns whole images ``[..., H, W, C]``)."""
         h, w, c = mask.event_shape
         m = tf.constant(mask.pattern, x.dtype)
         inputs = tf.concat([x * m, tf.zeros_like(x[..., :1]) + m[..., :1]], axis=-1)
@@ -313,6 +343,8 @@ class CouplingBase(LayerBijector):
                                      "with conditioner_input='masked', ")
         if len(outs) == 1 and expected[1] != c:
             outs = tuple(tf.split(outs[0], expected[1] // c, axis=-1))
+        if not gather:
+            return tuple(_math.reshape_leading(tf.cast(o, x.dtype), lead, 3) for o in outs)
         return tuple(mask.split(_math.reshape_leading(tf.cast(o, x.dtype), lead, 3))[1]
                      for o in outs)
 

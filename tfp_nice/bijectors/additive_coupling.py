@@ -55,6 +55,7 @@ class AdditiveCoupling(CouplingBase):
     """
 
     _conditioner_arg = "shift_fn"
+    _elementwise_masked = True
 
     def __init__(
         self,

@@ -67,6 +67,7 @@ class AffineCoupling(CouplingBase):
 
     _conditioner_arg = "shift_and_log_scale_fn"
     _num_parameters = 2
+    _elementwise_masked = True
 
     def __init__(
         self,
@@ -119,6 +120,20 @@ class AffineCoupling(CouplingBase):
         if self._scale == "tanh":
             return shift, tf.cast(self._tanh_scale(h), h.dtype)
         return shift, _math.stabilise_log_scale(h, self._scale, clamp=self._clamp)
+
+    def _elementwise_parameters(self, outs: tuple, mask) -> tuple:
+        """As :meth:`_parameters_from` on whole images: the learned ``c`` of ``"tanh"`` (one
+        per transformed unit, ``[d2]``, as the split form) placed on the transformed units."""
+        if self._scale != "tanh":
+            return self._parameters_from(outs)
+        shift, h = outs if len(outs) == 2 else tf.split(outs[0], 2, axis=-1)
+        if h is None:
+            return shift, None
+        if not self._tanh_scale.built:
+            self._tanh_scale.build((None, mask.num_transformed))
+        c = tf.cast(self._tanh_scale.scale, h.dtype)[None]
+        c = mask.merge(tf.zeros([1, mask.num_masked], h.dtype), c)[0]  # [H, W, C]
+        return shift, _math.stabilise_log_scale(h, "tanh", tanh_scale=c)
 
     def coupling_transform(self, v2: tf.Tensor, params: tuple, inverse: bool):
         """``y2 = x2 * exp(s) + t`` (or its inverse) and its log-det ``±sum(s)``; ``t`` and

@@ -12,14 +12,15 @@ import keras
 from tfp_nice import precision
 from tfp_nice.data.spec import DataSpec
 from tfp_nice.flow_model import FlowModel
-from tfp_nice.presets import NICE, NSF, RealNVP, RealNVPImage
+from tfp_nice.presets import NICE, NSF, Glow, RealNVP, RealNVPImage
 from tfp_nice.training.config import IMAGE_MODELS, TrainConfig, default_hparams
 from tfp_nice.training.run_dir import RunError, read_run_json
 
 __all__ = ["MODELS", "build_model", "load_run"]
 
 #: The presets :class:`~tfp_nice.training.TrainConfig` names.
-MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage, "nsf": NSF}
+MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage, "glow": Glow,
+          "nsf": NSF}
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 
 
@@ -36,13 +37,16 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
     hp = default_hparams(cfg, spec)
     if cfg.model in IMAGE_MODELS:
         kwargs: dict[str, Any] = {k: hp[k] for k in _IMAGE_ONLY}
+        if cfg.model == "glow":  # L levels, K steps per level; glow_defaults' recipe
+            kwargs = dict(num_levels=hp["num_scales"], num_steps=hp["num_blocks"],
+                          filters=hp["filters"], scale="tanh", split_prior=True)
     else:
         kwargs = dict(num_couplings=hp["num_couplings"], hidden_units=hp["hidden_units"])
     if spec.num_levels is not None:
         kwargs.update(data_scale=float(spec.num_levels), data_low=float(spec.low))
     elif spec.is_image:
         kwargs.update(data_scale=float(spec.high - spec.low) or 1.0, data_low=float(spec.low))
-    if cfg.model in ("realnvp", "realnvp-image", "nsf") and "data_scale" in kwargs:
+    if cfg.model in ("realnvp", "realnvp-image", "glow", "nsf") and "data_scale" in kwargs:
         kwargs["logit_alpha"] = 0.05
     if cfg.memory_saving:
         kwargs["memory_saving"] = True

@@ -28,9 +28,10 @@ __all__ = [
 ]
 
 #: Model names of :class:`TrainConfig` (the presets of :mod:`tfp_nice.presets`).
-MODEL_NAMES = ("nice", "realnvp", "realnvp-image", "nsf")
-#: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only).
-IMAGE_MODELS = ("realnvp-image",)
+MODEL_NAMES = ("nice", "realnvp", "realnvp-image", "glow", "nsf")
+#: Models built from ``num_scales`` / ``num_blocks`` / ``filters`` (image data only; for
+#: ``glow``: levels ``L``, steps of flow per level ``K`` and the coupling networks' width).
+IMAGE_MODELS = ("realnvp-image", "glow")
 #: Where a conditional model uses its label (the presets' ``conditioning``).
 CONDITIONINGS = ("couplings", "prior", "both")
 #: Distribution strategies (see :func:`tfp_nice.distributed.make_strategy`).
@@ -131,7 +132,8 @@ class TrainConfig:
                  if getattr(self, n) is not None]
         if wrong:
             hint = ("the image model's size is set by num_scales, num_blocks and filters" if image
-                    else f"only model 'realnvp-image' takes {', '.join(_IMAGE_ONLY)}")
+                    else f"only models {' and '.join(map(repr, IMAGE_MODELS))} take "
+                         f"{', '.join(_IMAGE_ONLY)}")
             raise ValueError(
                 f"`{wrong[0]}` does not apply to model {self.model!r} ({hint}). "
                 f"Received: {wrong[0]}={getattr(self, wrong[0])!r}"
@@ -220,20 +222,48 @@ def _default_num_scales(height: int, width: int) -> int:
 
 
 def _image_hparams(cfg: TrainConfig, spec) -> dict:
-    """Defaults of ``realnvp-image``: 2 residual blocks; 16 base filters for images of at most
-    16x16 pixels (the 8x8 digits: 2 scales), else 32."""
+    """Defaults of ``realnvp-image``: 16 base filters; 2 residual blocks for images of at most
+    16x16 pixels (the 8x8 digits: 2 scales), else 1 (28x28, 32x32: 3 scales, 0.7M parameters
+    on 28x28x1: at equal minutes on 2 CPU cores far ahead of 2 blocks of 32 filters, 5.2M;
+    issue #14: 1.79 bits/dim after 391 s against 2.26 after 9 minutes); XLA on small images only."""
     if len(spec.event_shape) != 3:
         raise ValueError(
             f"Model {cfg.model!r} needs image data [height, width, channels]. "
             f"Received data {spec.name!r} with event shape {list(spec.event_shape)}"
         )
+    if cfg.model == "glow":
+        return _glow_hparams(cfg, spec)
     epochs = cfg.epochs or 40
     return {
         "num_scales": cfg.num_scales or _default_num_scales(*spec.event_shape[:2]),
-        "num_blocks": cfg.num_blocks or 2,
-        "filters": cfg.filters or (16 if spec.event_shape[0] * spec.event_shape[1] <= 256
-                                   else 32),
+        "num_blocks": cfg.num_blocks or (2 if _small(spec) else 1),
+        "filters": cfg.filters or 16,
         "learning_rate": cfg.learning_rate or 1e-3,
         "epochs": epochs,
         "patience": cfg.patience or max(10, epochs // 4),
+        "jit_compile": _small(spec),
+    }
+
+
+def _small(spec) -> bool:
+    """Images of at most 16x16 pixels: XLA speeds their steps up; on larger images XLA's CPU
+    convolutions are slower than TensorFlow's (``bench/image_speed.md``), so no XLA there."""
+    return spec.event_shape[0] * spec.event_shape[1] <= 256
+
+
+def _glow_hparams(cfg: TrainConfig, spec) -> dict:
+    """Defaults of ``glow`` (:func:`tfp_nice.presets.glow_defaults`: ``L`` from the image size,
+    ``K=8``, 32 filters), Adam at 2e-3. ``num_scales`` / ``num_blocks`` set ``L`` / ``K``."""
+    from tfp_nice.presets.glow import glow_defaults  # (imports TensorFlow: only when needed)
+
+    base = glow_defaults(list(spec.event_shape))
+    epochs = cfg.epochs or 40
+    return {
+        "num_scales": cfg.num_scales or base["num_levels"],
+        "num_blocks": cfg.num_blocks or base["num_steps"],
+        "filters": cfg.filters or base["filters"],
+        "learning_rate": cfg.learning_rate or 2e-3,
+        "epochs": epochs,
+        "patience": cfg.patience or max(10, epochs // 4),
+        "jit_compile": _small(spec),
     }

@@ -192,7 +192,7 @@ def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
     Multi-worker runs restore the chief's newest checkpoint on every worker (a collective)."""
     if not model.compiled:
         model.compile(optimizer=keras.optimizers.Adam(run.hp["learning_rate"]),
-                      jit_compile=run.cfg.strategy == "none")
+                      jit_compile=run.cfg.strategy == "none" and run.hp.get("jit_compile", True))
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         store = checkpoints.run_checkpoint(run.checkpoints, model, run.warn)
         epoch = distributed.restore_from_chief(model, store, strategy)

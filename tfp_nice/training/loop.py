@@ -10,8 +10,9 @@ A run directory holds::
   logs/             TensorBoard events (append-only)
   model.keras       the final model, holding the best weights
   saved_model/1/    the same model for TF Serving (see :mod:`tfp_nice.export`)
-  metrics.json      held-out NLL and bits/dim; its presence marks the run finished
-  samples.png       samples at temperatures 1.0 and 0.7
+  metrics.json      held-out NLL and bits/dim (a ``conditional`` run: also the Bayes
+                    classifier's test_accuracy); its presence marks the run finished
+  samples.png       samples at temperatures 1.0 and 0.7 (conditional: one row per class)
 
 Nothing is written before the configuration, the data and the model are checked. Every file
 but the TensorBoard logs is written under a temporary name and renamed into place, and a

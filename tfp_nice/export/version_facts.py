@@ -23,6 +23,9 @@ each op's signature as of that release:
 * ``Cumsum``, ``LogicalOr``, ``OneHot``, ``Pow``, ``Softmax`` (TF 1.x core ops) and
   ``UpperBound`` (``tf.searchsorted``, added in TF 1.13; on the r2.4 pages) come with spline
   couplings and class labels; they predate 2.0, so they are listed at the 2.0 floor.
+* ``MatrixBandPart``, ``MatrixTriangularSolve`` and ``Squeeze`` (TF 1.x core ops) come with
+  Glow's LU-factored 1x1 convolution, at the 2.0 floor; ``MatrixDiagV3`` (``tf.linalg.diag``
+  with ``align``) is on the r2.2 C++ API pages (``tensorflow::ops::MatrixDiagV3``), so 2.2.
 
 Releases are the first *confirmed*, so the oldest release reported errs late, never early.
 An op or attribute not in the table is reported in ``unknown_ops`` (the tests require none
@@ -50,12 +53,14 @@ ReadVariableOp RealDiv Relu ReluGrad Reshape RestoreV2 RightShift Round SaveV2 S
 Shape ShardedFilename Sigmoid Size Slice Softplus Split SplitV Sqrt Square SquaredDifference
 StatefulPartitionedCall StatelessWhile StaticRegexFullMatch StridedSlice StringJoin Sub Sum Tanh
 TensorListFromTensor TensorListGetItem TensorListReserve TensorListSetItem TensorListStack Tile
-Transpose VarHandleOp ZerosLike Cumsum LogicalOr OneHot Pow Softmax UpperBound"""
+Transpose VarHandleOp ZerosLike Cumsum LogicalOr OneHot Pow Softmax UpperBound MatrixBandPart
+MatrixTriangularSolve Squeeze"""
 
 #: The first TensorFlow release (>= 2.0) registering each op (``"Op"``) or a later
 #: attribute of an op (``"Op.attr"``) that tfp_nice exports use (module docstring).
 OP_SINCE: dict[str, str] = {
     **{op: "2.0" for op in _TF_2_0.split()},
+    "MatrixDiagV3": "2.2",
     "StatelessRandomGetKeyCounter": "2.5",
     "StatelessRandomUniformV2": "2.5",
     "StatelessRandomNormalV2": "2.5",

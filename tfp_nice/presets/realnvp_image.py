@@ -109,8 +109,10 @@ class RealNVPImage(MultiScale, Preset):
     ``num_scales=2`` ("downscale only once"), ``num_blocks=8, filters=64``; 32x32 ImageNet
     ``num_scales=4, num_blocks=4, filters=32``; 64x64 ``num_scales=5, num_blocks=2 (paper) or 4
     (code), filters=32``. For 28x28 MNIST (not in the paper) ``num_scales=3`` (28 -> 14 -> 7),
-    ``num_blocks=4 .. 8, filters=32 .. 64``. Preprocessing as the paper: ``data_scale=256,
-    logit_alpha=0.05``.
+    ``num_blocks=4 .. 8, filters=32 .. 64`` on a GPU; on 2 CPU cores ``tfp-nice train`` uses
+    ``num_scales=3, num_blocks=1, filters=16`` (0.69M parameters, no XLA: 1.74 held-out bits/dim
+    after 12 minutes on 28x28 MNIST at load 7-11, where Glow's CPU recipe reached 1.62).
+    Preprocessing as the paper: ``data_scale=256, logit_alpha=0.05``.
 
     Args:
       event_shape: ``[H, W, C]``; ``H`` and ``W`` divisible by ``2 ** (num_scales - 1)``.

@@ -167,3 +167,11 @@ def test_ordered_after_barrier_passes_gradients_through_under_xla():
     g_t, g_dep = grads(tf.constant([1.0, 2.0]), tf.constant([5.0]))
     np.testing.assert_array_equal(g_t, [1.0, 3.0])
     assert g_dep is None or np.all(np.asarray(g_dep) == 0)
+
+
+def test_nested_layers_finds_every_layer_inside_once():
+    net = tn.MLPConditioner(2, (4, 4))
+    model = tn.FlowModel(tn.priors.standard_normal([2]),
+                         [tn.AffineCoupling(net, num_masked=1)])
+    names = sorted(type(layer).__name__ for layer in compat.nested_layers(model))
+    assert names == ["Dense", "Dense", "Dense", "MLPConditioner", "TanhScale"]

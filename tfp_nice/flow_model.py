@@ -98,7 +98,7 @@ class FlowModel(ConditionalMixin, keras.Model):
             )
         # Keras casts inputs to the model's dtype before `call`: keep the flow's precision.
         kwargs.setdefault("dtype", tf.as_dtype(base_distribution.dtype).name)
-        _check_model_dtype(kwargs["dtype"])
+        precision.check_flow_dtype(kwargs["dtype"])
         super().__init__(**kwargs)
         if isinstance(steps, tfb.Bijector):
             steps = [steps]
@@ -360,7 +360,7 @@ class FlowModel(ConditionalMixin, keras.Model):
         """Compiles a loaded model from its saved compile config (as Keras does for models
         whose ``compile`` is not overridden; it skips custom ones)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
+        if self.built and self.optimizer is not None:
             self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -407,19 +407,6 @@ class FlowModel(ConditionalMixin, keras.Model):
         base = serialization.deserialize(config.pop("base_distribution"))
         steps = [serialization.deserialize(s) for s in config.pop("steps")]
         return cls(base, steps, **config)
-
-
-def _check_model_dtype(dtype) -> None:
-    """Refuses a mixed policy as the model's own: Keras would round the data to half
-    precision before ``call``; the policy belongs to the conditioners."""
-    policy = keras.dtype_policies.get(dtype)
-    if policy.compute_dtype != policy.variable_dtype:
-        raise ValueError(
-            "FlowModel: `dtype` is the flow's own dtype (data, log-dets, prior) and must not "
-            "be a mixed policy; build the steps under "
-            f"tfp_nice.precision.policy_scope({policy.compute_dtype!r}) instead, so only the "
-            f"conditioners compute in {policy.compute_dtype}. Received: dtype={policy.name!r}"
-        )
 
 
 def _first_inputs(x, batch_size):

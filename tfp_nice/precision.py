@@ -52,6 +52,7 @@ from tfp_nice._internal.checks import check_choice
 
 __all__ = [
     "PRECISIONS",
+    "check_flow_dtype",
     "compute_dtypes",
     "full_precision",
     "model_precision",
@@ -101,6 +102,23 @@ def policy_scope(precision: str | None) -> Iterator[keras.DTypePolicy]:
         yield keras.config.dtype_policy()
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def check_flow_dtype(dtype) -> None:
+    """Refuses a mixed policy as a :class:`~tfp_nice.FlowModel`'s own ``dtype``: Keras would
+    round the data to half precision before ``call``; the policy belongs to the conditioners.
+
+    Raises:
+      ValueError: naming ``dtype`` and the policy received.
+    """
+    policy = keras.dtype_policies.get(dtype)
+    if policy.compute_dtype != policy.variable_dtype:
+        raise ValueError(
+            "FlowModel: `dtype` is the flow's own dtype (data, log-dets, prior) and must not "
+            "be a mixed policy; build the steps under "
+            f"tfp_nice.precision.policy_scope({policy.compute_dtype!r}) instead, so only the "
+            f"conditioners compute in {policy.compute_dtype}. Received: dtype={policy.name!r}"
+        )
 
 
 def full_precision(policy) -> keras.DTypePolicy:

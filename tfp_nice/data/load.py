@@ -61,6 +61,21 @@ def load(
       >>> s.train.shape, s.spec.num_levels, (s.spec.low, s.spec.high)
       ((1257, 8, 8, 1), 17, (0.0, 16.0))
     """
+    source, num_levels, value_range = _check_arguments(
+        source, seed, num_samples, validation_fraction, num_levels, value_range)
+    key = source.strip().lower()
+    if key == "digits" and num_levels is None:
+        num_levels = _DIGITS_LEVELS
+    name = key if key == "digits" or key in DENSITIES else source
+    parts = _read(source, key, seed, validation_fraction, num_samples)
+    arrays, spec = _check_values(name, {k: parts[k] for k in _SPLITS}, value_range, num_levels)
+    labels, num_classes = _check_labels(name, parts, arrays)
+    return Splits(spec=spec, **arrays, **labels, num_classes=num_classes)
+
+
+def _check_arguments(source, seed, num_samples, validation_fraction, num_levels,
+                     value_range) -> tuple:
+    """:func:`load`'s arguments checked: ``(source, num_levels, value_range)``."""
     source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if not isinstance(source, str) or not source:
         raise DataError(f"`source` must be a non-empty string. Received: source={source!r}")
@@ -73,14 +88,7 @@ def load(
                                error=DataError)
     if value_range is not None:
         value_range = check_value_range(value_range, error=DataError)
-    key = source.strip().lower()
-    if key == "digits" and num_levels is None:
-        num_levels = _DIGITS_LEVELS
-    name = key if key == "digits" or key in DENSITIES else source
-    parts = _read(source, key, seed, validation_fraction, num_samples)
-    arrays, spec = _check_values(name, {k: parts[k] for k in _SPLITS}, value_range, num_levels)
-    labels, num_classes = _check_labels(name, parts, arrays)
-    return Splits(spec=spec, **arrays, **labels, num_classes=num_classes)
+    return source, num_levels, value_range
 
 
 def _read(source: str, key: str, seed: int, fraction: float, num_samples: int) -> dict:

@@ -181,3 +181,37 @@ def vector_flow_start(event_shape, num_couplings, prior: str, mask: str, data_sc
     size = int(np.prod(event_shape))
     steps = data_steps(data_scale, data_low, logit_alpha) + flatten_step(event_shape)
     return event_shape, num_couplings, priors.get(prior, [size]), vector_mask(mask, size), steps
+
+
+def image_event_shape(owner: str, event_shape) -> tuple[int, ...]:
+    """``event_shape`` checked as ``[height, width, channels]`` for the image preset ``owner``."""
+    shape = preset_event_shape(event_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"{owner}: `event_shape` must be [height, width, channels]. "
+            f"Received: event_shape={list(shape)}"
+        )
+    return shape
+
+
+def check_divisible(owner: str, shape: Sequence[int], div: int, setting: str, power: str) -> None:
+    """Refuses an image whose height or width is not a multiple of ``div`` (= ``power``)."""
+    if shape[0] % div or shape[1] % div:
+        raise ValueError(
+            f"{owner}: with {setting} the height and width must be divisible by {power} = "
+            f"{div}. Received: event_shape={list(shape)}"
+        )
+
+
+def image_flow(shape: Sequence[int], hp: dict, build_steps: Callable, cond: Conditioning,
+               prior: str, data_scale, data_low, logit_alpha) -> tuple:
+    """What an image preset hands to ``FlowModel``: ``(base, steps, preset config)``, with the
+    data-side steps first, ``build_steps(shape, 0, hp)`` (the levels, recursively) and the
+    class-conditional prior nearest the latent."""
+    check_logit(logit_alpha, data_scale)
+    steps = data_steps(data_scale, data_low, logit_alpha) + build_steps(
+        list(shape), 0, dict(hp, conditional=cond.couplings))
+    steps += cond.prior_steps(list(shape))
+    config = dict(event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
+                  data_low=data_low, logit_alpha=logit_alpha, **cond.config())
+    return priors.get(prior, list(shape)), steps, config

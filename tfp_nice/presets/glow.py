@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow_probability as tfp
 
-from tfp_nice import _math, masks, priors
+from tfp_nice import _math, masks
 from tfp_nice._internal.checks import check_choice, check_int
 from tfp_nice.bijectors import (
     ActNorm,
@@ -21,9 +21,9 @@ from tfp_nice.layers import ActNormLayer, ConvConditioner, Invertible1x1ConvLaye
 from tfp_nice.presets._common import (
     Conditioning,
     Preset,
-    check_logit,
-    data_steps,
-    preset_event_shape,
+    check_divisible,
+    image_event_shape,
+    image_flow,
 )
 from tfp_nice.presets._multiscale import MultiScale
 
@@ -239,13 +239,8 @@ class Glow(MultiScale, Preset):
         conditioning: str = "both",
         **kwargs,
     ):
-        shape = preset_event_shape(event_shape)
+        shape = image_event_shape("Glow", event_shape)
         cond = Conditioning.from_args(num_classes, context_shape, conditioning)
-        if len(shape) != 3:
-            raise ValueError(
-                "Glow: `event_shape` must be [height, width, channels]. "
-                f"Received: event_shape={list(shape)}"
-            )
         hp = dict(
             num_levels=check_int(num_levels, "num_levels"),
             num_steps=check_int(num_steps, "num_steps"),
@@ -255,20 +250,11 @@ class Glow(MultiScale, Preset):
             split_prior=bool(split_prior),
         )
         div = 2 ** hp["num_levels"]
-        if shape[0] % div or shape[1] % div:
-            raise ValueError(
-                f"Glow: with num_levels={num_levels} the height and width must be divisible "
-                f"by 2**num_levels = {div}. Received: event_shape={list(shape)}"
-            )
-        check_logit(logit_alpha, data_scale)
-        steps = data_steps(data_scale, data_low, logit_alpha) + _level_steps(
-            list(shape), 0, dict(hp, conditional=cond.couplings))
-        steps += cond.prior_steps(list(shape))
-        super().__init__(priors.get(prior, list(shape)), steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = dict(
-            event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
-            data_low=data_low, logit_alpha=logit_alpha, **cond.config(),
-        )
+        check_divisible("Glow", shape, div, f"num_levels={num_levels}", "2**num_levels")
+        base, steps, self_config = image_flow(shape, hp, _level_steps, cond, prior, data_scale,
+                                              data_low, logit_alpha)
+        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
+        self._preset_config = self_config
 
     @property
     def num_levels(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow_probability as tfp
 
-from tfp_nice import layers, masks, priors
+from tfp_nice import layers, masks
 from tfp_nice._internal.checks import check_choice, check_int
 from tfp_nice.bijectors import (
     ActNorm,
@@ -18,9 +18,9 @@ from tfp_nice.bijectors import (
 from tfp_nice.presets._common import (
     Conditioning,
     Preset,
-    check_logit,
-    data_steps,
-    preset_event_shape,
+    check_divisible,
+    image_event_shape,
+    image_flow,
 )
 from tfp_nice.presets._multiscale import MultiScale
 
@@ -164,13 +164,8 @@ class RealNVPImage(MultiScale, Preset):
         conditioning: str = "both",
         **kwargs,
     ):
-        shape = preset_event_shape(event_shape)
+        shape = image_event_shape("RealNVPImage", event_shape)
         cond = Conditioning.from_args(num_classes, context_shape, conditioning)
-        if len(shape) != 3:
-            raise ValueError(
-                "RealNVPImage: `event_shape` must be [height, width, channels]. "
-                f"Received: event_shape={list(shape)}"
-            )
         hp = dict(
             num_scales=check_int(num_scales, "num_scales"),
             num_blocks=check_int(num_blocks, "num_blocks", minimum=0),
@@ -182,20 +177,12 @@ class RealNVPImage(MultiScale, Preset):
             l2=float(l2),
         )
         div = 2 ** (hp["num_scales"] - 1)
-        if shape[0] % div or shape[1] % div:
-            raise ValueError(
-                f"RealNVPImage: with num_scales={num_scales} the height and width must be "
-                f"divisible by 2**(num_scales - 1) = {div}. Received: event_shape={list(shape)}"
-            )
-        check_logit(logit_alpha, data_scale)
-        steps = data_steps(data_scale, data_low, logit_alpha) + _scale_steps(
-            list(shape), 0, dict(hp, conditional=cond.couplings))
-        steps += cond.prior_steps(list(shape))
-        super().__init__(priors.get(prior, list(shape)), steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = dict(
-            event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
-            data_low=data_low, logit_alpha=logit_alpha, **cond.config(),
-        )
+        check_divisible("RealNVPImage", shape, div, f"num_scales={num_scales}",
+                        "2**(num_scales - 1)")
+        base, steps, self_config = image_flow(shape, hp, _scale_steps, cond, prior, data_scale,
+                                              data_low, logit_alpha)
+        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
+        self._preset_config = self_config
 
     @property
     def num_scales(self) -> int:

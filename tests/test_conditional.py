@@ -340,3 +340,48 @@ def test_mirrored_strategy_on_two_cpus_trains_a_conditional_flow_like_one_device
     assert result["replicas"] == 2
     np.testing.assert_allclose(result["mirrored"], result["single"], rtol=1e-4)
     assert result["accuracy"] > 0.9
+
+
+# --- FlowGMM's random class means (ContextAffine(mean_stddev=...)) ---------------------------
+
+def test_random_class_means_start_apart_with_the_given_spread_and_unit_scale():
+    b = tn.ContextAffine([400], mean_stddev=1.5, seed=7)
+    onehot = np.eye(5, dtype="float32")
+    zeros = np.zeros([5, 400], "float32")
+    means = b.forward(zeros, context=onehot).numpy()           # x = 0 -> y = t(c)
+    assert np.std(means) == pytest.approx(1.5, rel=0.1)
+    assert abs(np.mean(means)) < 0.1
+    assert np.min(np.linalg.norm(means[:, None] - means[None], axis=-1)
+                  + 1e9 * np.eye(5)) > 1.5 * np.sqrt(2 * 400) * 0.8   # classes apart
+    np.testing.assert_array_equal(
+        b.forward_log_det_jacobian(zeros, event_ndims=1, context=onehot), np.zeros(5))
+    np.testing.assert_allclose(b.inverse(means, context=onehot), zeros, atol=1e-6)
+    same = tn.ContextAffine([400], mean_stddev=1.5, seed=7).forward(zeros, context=onehot)
+    other = tn.ContextAffine([400], mean_stddev=1.5, seed=8).forward(zeros, context=onehot)
+    np.testing.assert_array_equal(same, means)
+    assert not np.allclose(other, means)
+    identity = tn.ContextAffine([400]).forward(zeros, context=onehot)
+    np.testing.assert_array_equal(identity, zeros)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mean_stddev=-1.0), r"`mean_stddev` must be a float >= 0. Received: mean_stddev=-1.0"),
+    (dict(mean_stddev=float("nan")), r"`mean_stddev` must be a float >= 0"),
+    (dict(mean_stddev=1.0, conditioner=tn.MLPConditioner(4, hidden_units=())),
+     r"`mean_stddev` and `seed` initialise the default conditioner"),
+])
+def test_bad_mean_stddev_is_refused_naming_it(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tn.ContextAffine([2], **kwargs)
+
+
+def test_random_class_means_survive_a_keras_file_round_trip(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = tn.FlowModel(tn.priors.standard_normal([2]),
+                         [tn.ContextAffine([2], mean_stddev=2.0, name="prior")], num_classes=4)
+    loaded = reload(model, tmp_path)
+    x = np.random.default_rng(0).normal(size=[6, 2]).astype("float32")
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    np.testing.assert_array_equal(loaded.log_prob(x, labels), model.log_prob(x, labels))
+    means = model.decode(np.zeros([4, 2], "float32"), np.arange(4)).numpy()
+    assert np.abs(means).min() > 0 and np.std(means) > 0.5

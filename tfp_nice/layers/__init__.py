@@ -13,9 +13,12 @@ so Keras sees, trains, checkpoints and serialises every weight.
 * :class:`ActNormLayer`, :class:`BatchNormLayer` — the weights (and moving statistics) of the
   ActNorm and batch-norm bijectors.
 * :class:`Invertible1x1ConvLayer` — the LU factors of Glow's invertible 1x1 convolution.
+* :class:`RandomShift` — an initializer: FlowGMM's random initial class means for
+  :class:`~tfp_nice.ContextAffine`'s linear conditioner.
 """
 
 from tfp_nice.layers.conditioners import ConvConditioner, MLPConditioner
+from tfp_nice.layers.initializers import RandomShift
 from tfp_nice.layers.invertible import Invertible1x1ConvLayer
 from tfp_nice.layers.normalization import ActNormLayer, BatchNormLayer
 from tfp_nice.layers.resnet import ResNetConditioner, WeightNormConv2D
@@ -31,4 +34,5 @@ __all__ = [
     "ActNormLayer",
     "BatchNormLayer",
     "Invertible1x1ConvLayer",
+    "RandomShift",
 ]

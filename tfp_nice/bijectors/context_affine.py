@@ -64,6 +64,8 @@ class ContextAffine(LayerBijector):
     #: A conditional FlowModel always passes its context here.
     conditional = True
 
+    _layer_args = ("conditioner",)
+
     def __init__(
         self,
         event_shape: Sequence[int],
@@ -149,16 +151,5 @@ class ContextAffine(LayerBijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "event_shape": list(self._event_shape),
-            "conditioner": serialization.serialize_layer(self._conditioner, "conditioner",
-                                                         "ContextAffine"),
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> ContextAffine:
-        config = dict(config)
-        config["conditioner"] = keras.saving.deserialize_keras_object(config["conditioner"])
-        return cls(**config)
+        return self._config(event_shape=list(self._event_shape),
+                            conditioner=self._conditioner)

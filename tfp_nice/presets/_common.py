@@ -35,7 +35,8 @@ __all__ = [
 class Preset(FlowModel):
     """A FlowModel built from a few hyper-parameters; its config is those hyper-parameters.
 
-    Subclasses set ``self._preset_config`` (the constructor's arguments) after building.
+    A subclass builds its flow and hands it here with its own arguments (the config) and its
+    shared keyword options (:class:`SharedOptions`, appended to the config).
     A preset built under a mixed policy records it (``"mixed_precision"``) and is rebuilt
     under it, so a loaded model keeps half-precision conditioners.
     """

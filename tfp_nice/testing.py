@@ -58,6 +58,13 @@ def _event_ndims(bijector, event_shape) -> int:
     return len(tuple(event_shape)) if event_shape is not None else bijector.forward_min_event_ndims
 
 
+def _inputs(bijector, x, event_ndims: int | None, condition: dict | None) -> tuple:
+    """``(condition kwargs, x as a tensor, event_ndims)`` of a check (the bijector's minimum
+    event rank where ``event_ndims`` is ``None``)."""
+    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+    return dict(condition or {}), tf.convert_to_tensor(x), n
+
+
 def _close(name: str, got, want, rtol: float, atol: float) -> None:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     got, want = np.broadcast_arrays(got, want)
@@ -99,9 +106,7 @@ def assert_log_det_consistent(
     condition: dict | None = None,
 ) -> None:
     """``fldj(x) == -ildj(forward(x))``, with no cache shared between the two."""
-    c = dict(condition or {})
-    x = tf.convert_to_tensor(x)
-    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+    c, x, n = _inputs(bijector, x, event_ndims, condition)
     fldj = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=n, **c)
     y = tf.identity(bijector.forward(tf.identity(x), **c))
     ildj = bijector.inverse_log_det_jacobian(y, event_ndims=n, **c)
@@ -128,9 +133,7 @@ def assert_log_det_matches_autodiff(
     condition: dict | None = None,
 ) -> None:
     """``fldj(x)`` and ``-ildj(y)`` equal ``slogdet`` of the autodiff Jacobian (use float64)."""
-    c = dict(condition or {})
-    x = tf.convert_to_tensor(x)
-    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+    c, x, n = _inputs(bijector, x, event_ndims, condition)
     if x.shape.rank == n:
         x = x[tf.newaxis]
     want_f = _autodiff_log_det(lambda v: bijector.forward(v, **c), x, n)
@@ -192,9 +195,7 @@ def assert_graph_consistent(
     rtol: float = 1e-5, atol: float = 1e-5, condition: dict | None = None,
 ) -> None:
     """Eager, ``tf.function`` and (optionally) XLA-compiled results agree."""
-    c = dict(condition or {})
-    x = tf.convert_to_tensor(x)
-    n = bijector.forward_min_event_ndims if event_ndims is None else event_ndims
+    c, x, n = _inputs(bijector, x, event_ndims, condition)
 
     def run(x):
         y = bijector.forward(x, **c)

@@ -6,7 +6,6 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -85,6 +84,8 @@ class ActNorm(LayerBijector):
       [4] Kingma, Dhariwal. Glow: Generative flow with invertible 1x1 convolutions.
           arXiv:1807.03039, §3.1.
     """
+
+    _layer_args = ("layer",)
 
     def __init__(
         self,
@@ -168,15 +169,4 @@ class ActNorm(LayerBijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "layer": keras.saving.serialize_keras_object(self._layer),
-            "event_ndims": self._event_ndims,
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> ActNorm:
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)
+        return self._config(layer=self._layer, event_ndims=self._event_ndims)

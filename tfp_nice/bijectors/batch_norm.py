@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -71,6 +70,8 @@ class BatchNorm(LayerBijector):
       [2] Dinh, Sohl-Dickstein, Bengio. Density estimation using Real NVP. arXiv:1605.08803,
           §3.7 and Appendix E.
     """
+
+    _layer_args = ("layer",)
 
     def __init__(
         self,
@@ -157,16 +158,5 @@ class BatchNorm(LayerBijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "layer": keras.saving.serialize_keras_object(self._layer),
-            "event_ndims": self._event_ndims,
-            "training": self._training,
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> BatchNorm:
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)
+        return self._config(layer=self._layer, event_ndims=self._event_ndims,
+                            training=self._training)

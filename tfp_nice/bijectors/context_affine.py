@@ -14,8 +14,7 @@ from tfp_nice._internal import compat
 from tfp_nice._internal.checks import check_event_shape, check_floating, check_number
 from tfp_nice.bijectors import _conditioner_io as io
 from tfp_nice.bijectors._base import LayerBijector
-from tfp_nice.layers import MLPConditioner
-from tfp_nice.layers import RandomShift
+from tfp_nice.layers import MLPConditioner, RandomShift
 from tfp_nice.precision import full_precision
 
 tfb = tfp.bijectors
@@ -71,6 +70,8 @@ class ContextAffine(LayerBijector):
 
     #: A conditional FlowModel always passes its context here.
     conditional = True
+
+    _layer_args = ("conditioner",)
 
     def __init__(
         self,
@@ -165,19 +166,8 @@ class ContextAffine(LayerBijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "event_shape": list(self._event_shape),
-            "conditioner": serialization.serialize_layer(self._conditioner, "conditioner",
-                                                         "ContextAffine"),
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> ContextAffine:
-        config = dict(config)
-        config["conditioner"] = keras.saving.deserialize_keras_object(config["conditioner"])
-        return cls(**config)
+        return self._config(event_shape=list(self._event_shape),
+                            conditioner=self._conditioner)
 
 
 def _linear_conditioner(size: int, mean_stddev: float, seed, name: str) -> MLPConditioner:

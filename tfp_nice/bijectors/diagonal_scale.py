@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -45,6 +44,8 @@ class DiagonalScale(LayerBijector):
     References:
       [1] Dinh, Krueger, Bengio. NICE. arXiv:1410.8516, §3.3.
     """
+
+    _layer_args = ("log_scale",)
 
     def __init__(
         self,
@@ -113,14 +114,4 @@ class DiagonalScale(LayerBijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "log_scale": keras.saving.serialize_keras_object(self._log_scale),
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> DiagonalScale:
-        config = dict(config)
-        config["log_scale"] = keras.saving.deserialize_keras_object(config["log_scale"])
-        return cls(**config)
+        return self._config(log_scale=self._log_scale)

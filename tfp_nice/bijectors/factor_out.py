@@ -117,22 +117,23 @@ class FactorOut(tfb.Bijector):
         return k
 
     def _forward(self, x, **condition):
-        k = self._split_point(x, "x")
-        x1, x2 = x[..., :k], x[..., k:]
-        y1 = self._bijector.forward(x1, **condition)
-        fldj = self._bijector.forward_log_det_jacobian(x1, event_ndims=self._event_ndims,
-                                                       **condition)
-        compat.store_forward_log_det(self, x, fldj, **condition)
-        return tf.concat([y1, x2], axis=-1)
+        b = self._bijector
+        return self._run_kept(x, "x", b.forward, b.forward_log_det_jacobian,
+                              compat.store_forward_log_det, condition)
 
     def _inverse(self, y, **condition):
-        k = self._split_point(y, "y")
-        y1, y2 = y[..., :k], y[..., k:]
-        x1 = self._bijector.inverse(y1, **condition)
-        ildj = self._bijector.inverse_log_det_jacobian(y1, event_ndims=self._event_ndims,
-                                                       **condition)
-        compat.store_inverse_log_det(self, y, ildj, **condition)
-        return tf.concat([x1, y2], axis=-1)
+        b = self._bijector
+        return self._run_kept(y, "y", b.inverse, b.inverse_log_det_jacobian,
+                              compat.store_inverse_log_det, condition)
+
+    def _run_kept(self, t, arg: str, run, log_det, store, condition: dict):
+        """Runs the inner flow (``run``) on the kept channels of ``t`` and passes the others;
+        its log-det (``log_det``) goes to the cache (``store``) for the same call's ldj."""
+        k = self._split_point(t, arg)
+        kept, out = t[..., :k], t[..., k:]
+        result = run(kept, **condition)  # first: the ldj then comes from the inner cache
+        store(self, t, log_det(kept, event_ndims=self._event_ndims, **condition), **condition)
+        return tf.concat([result, out], axis=-1)
 
     def _forward_log_det_jacobian(self, x, **condition):
         k = self._split_point(x, "x")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -59,6 +58,8 @@ class Invertible1x1Conv(LayerBijector):
       [4] Kingma, Dhariwal. Glow: Generative flow with invertible 1x1 convolutions.
           arXiv:1807.03039, §3.2 ("LU decomposition").
     """
+
+    _layer_args = ("layer",)
 
     def __init__(
         self,
@@ -124,15 +125,4 @@ class Invertible1x1Conv(LayerBijector):
 
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "layer": keras.saving.serialize_keras_object(self._layer),
-            "event_ndims": self._event_ndims,
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> Invertible1x1Conv:
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)
+        return self._config(layer=self._layer, event_ndims=self._event_ndims)

@@ -186,13 +186,4 @@ class Squeeze(LayerBijector):
     # --- config ------------------------------------------------------------------------------
     def get_config(self) -> dict:
         """A JSON-serialisable config; :meth:`from_config` rebuilds the bijector."""
-        return {
-            "factor": self._factor,
-            "channel_order": self._channel_order,
-            "validate_args": self.validate_args,
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict) -> Squeeze:
-        return cls(**config)
+        return self._config(factor=self._factor, channel_order=self._channel_order)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tfp_nice.layers._precision import FullPrecisionLayer
 
-__all__ = ["SelfBuiltLayer"]
+__all__ = ["SelfBuiltLayer", "weight_property"]
 
 
 class SelfBuiltLayer(FullPrecisionLayer):
@@ -29,3 +29,15 @@ class SelfBuiltLayer(FullPrecisionLayer):
             self.build(None)
             self.built = True
         return self._weights_by_name[name]
+
+
+def weight_property(name: str, doc: str, only_if: str | None = None) -> property:
+    """A read-only property of a :class:`SelfBuiltLayer`: its weight ``name`` (``None`` while
+    the layer's attribute ``only_if`` is false, for an optional weight)."""
+
+    def get(self):
+        if only_if is not None and not getattr(self, only_if):
+            return None
+        return self.weight(name)
+
+    return property(get, doc=doc)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tfp_nice._internal.checks import check_int
-from tfp_nice.layers._self_built import SelfBuiltLayer
+from tfp_nice.layers._self_built import SelfBuiltLayer, weight_property
 
 __all__ = ["Invertible1x1ConvLayer", "random_rotation_lu"]
 
@@ -106,10 +106,7 @@ class Invertible1x1ConvLayer(SelfBuiltLayer):
             variable.assign(init[name].astype(variable.dtype))
         return weights
 
-    @property
-    def log_s(self):
-        """The trainable log-magnitudes of ``U``'s diagonal."""
-        return self.weight("log_s")
+    log_s = weight_property("log_s", "The trainable log-magnitudes of ``U``'s diagonal.")
 
     def call(self, inputs=None):
         get = self.weight

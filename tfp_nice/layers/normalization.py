@@ -6,7 +6,7 @@ import keras
 
 from tfp_nice import _math
 from tfp_nice._internal.checks import check_int, check_number
-from tfp_nice.layers._self_built import SelfBuiltLayer
+from tfp_nice.layers._self_built import SelfBuiltLayer, weight_property
 
 __all__ = ["ActNormLayer", "BatchNormLayer"]
 
@@ -37,20 +37,11 @@ class ActNormLayer(SelfBuiltLayer):
                                            trainable=False),
         }
 
-    @property
-    def loc(self):
-        """The per-channel shift ``t``."""
-        return self.weight("loc")
-
-    @property
-    def log_scale(self):
-        """The per-channel log-scale ``s``."""
-        return self.weight("log_scale")
-
-    @property
-    def initialized(self):
-        """A non-trainable 0/1 weight: whether the data-dependent initialisation ran."""
-        return self.weight("initialized")
+    loc = weight_property("loc", "The per-channel shift ``t``.")
+    log_scale = weight_property("log_scale", "The per-channel log-scale ``s``.")
+    initialized = weight_property(
+        "initialized",
+        "A non-trainable 0/1 weight: whether the data-dependent initialisation ran.")
 
     @property
     def is_initialized(self) -> bool:
@@ -123,25 +114,15 @@ class BatchNormLayer(SelfBuiltLayer):
             weights["beta"] = self.add_weight(name="beta", shape=shape, initializer="zeros")
         return weights
 
-    @property
-    def moving_mean(self):
-        """The moving average of the batch means (non-trainable)."""
-        return self.weight("moving_mean")
-
-    @property
-    def moving_variance(self):
-        """The moving average of the batch variances (non-trainable)."""
-        return self.weight("moving_variance")
-
-    @property
-    def log_gamma(self):
-        """The learned log-scale ``log γ`` (``None`` with ``scale=False``)."""
-        return self.weight("log_gamma") if self.scale else None
-
-    @property
-    def beta(self):
-        """The learned shift ``β`` (``None`` with ``center=False``)."""
-        return self.weight("beta") if self.center else None
+    moving_mean = weight_property(
+        "moving_mean", "The moving average of the batch means (non-trainable).")
+    moving_variance = weight_property(
+        "moving_variance", "The moving average of the batch variances (non-trainable).")
+    log_gamma = weight_property(
+        "log_gamma", "The learned log-scale ``log γ`` (``None`` with ``scale=False``).",
+        only_if="scale")
+    beta = weight_property(
+        "beta", "The learned shift ``β`` (``None`` with ``center=False``).", only_if="center")
 
     def call(self, inputs, training=None, update=True):
         if not training:

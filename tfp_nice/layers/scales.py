@@ -9,7 +9,7 @@ import keras
 from tfp_nice import _math
 from tfp_nice._internal.checks import check_event_shape
 from tfp_nice.layers._precision import FullPrecisionLayer
-from tfp_nice.layers._self_built import SelfBuiltLayer
+from tfp_nice.layers._self_built import SelfBuiltLayer, weight_property
 
 __all__ = ["TanhScale", "LogScale"]
 
@@ -70,10 +70,7 @@ class LogScale(SelfBuiltLayer):
         return {"log_scale": self.add_weight(name="log_scale", shape=self.event_shape,
                                              initializer="zeros")}
 
-    @property
-    def log_scale(self):
-        """The weight ``s``."""
-        return self.weight("log_scale")
+    log_scale = weight_property("log_scale", "The weight ``s``.")
 
     def call(self, inputs=None):
         return self.log_scale.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
 
 import keras
 import numpy as np
@@ -19,13 +20,14 @@ tfb = tfp.bijectors
 __all__ = [
     "CONDITIONINGS",
     "Conditioning",
+    "LogitPresetOptions",
     "Preset",
+    "PresetOptions",
+    "SharedOptions",
     "alternating_couplings",
-    "check_logit",
-    "data_steps",
     "flatten_step",
     "preset_event_shape",
-    "vector_flow_start",
+    "vector_flow",
     "vector_mask",
 ]
 
@@ -33,12 +35,19 @@ __all__ = [
 class Preset(FlowModel):
     """A FlowModel built from a few hyper-parameters; its config is those hyper-parameters.
 
-    Subclasses set ``self._preset_config`` (the constructor's arguments) after building.
+    A subclass builds its flow and hands it here with its own arguments (the config) and its
+    shared keyword options (:class:`SharedOptions`, appended to the config).
     A preset built under a mixed policy records it (``"mixed_precision"``) and is rebuilt
     under it, so a loaded model keeps half-precision conditioners.
     """
 
     _preset_config: dict
+
+    def __init__(self, base, steps: list, options: SharedOptions, config: dict, **kwargs):
+        """``FlowModel(base, steps)``, conditioned as ``options`` say; its config is ``config``
+        (the preset's own arguments) followed by the shared options."""
+        super().__init__(base, steps, **options.cond.model_kwargs(), **kwargs)
+        self._preset_config = dict(config, **options.config())
 
     def get_config(self) -> dict:
         config = keras.Model.get_config(self)
@@ -121,23 +130,71 @@ def preset_event_shape(event_shape) -> tuple[int, ...]:
     return shape
 
 
-def check_logit(logit_alpha, data_scale) -> None:
-    """The logit acts on data rescaled to ``[0, 1)``: it needs ``data_scale``."""
-    if logit_alpha is not None and data_scale is None:
-        raise ValueError(
-            "`logit_alpha` needs `data_scale` (the logit acts on data rescaled to [0, 1)). "
-            f"Received: logit_alpha={logit_alpha!r}, data_scale=None"
-        )
+class PresetOptions(TypedDict, total=False):
+    """The keyword options every preset takes after its own (``**kwargs``): the data range
+    (:class:`~tfp_nice.NICE`), a conditional flow (:class:`~tfp_nice.RealNVP`), and
+    ``FlowModel`` / ``keras.Model`` arguments. Defaults: ``data_scale=None, data_low=0.0,
+    num_classes=None, context_shape=None, conditioning="both"``."""
+
+    data_scale: float | None
+    data_low: float
+    num_classes: int | None
+    context_shape: Sequence[int] | None
+    conditioning: str
+    memory_saving: bool
+    name: str
+    trainable: bool
+    dtype: Any
 
 
-def data_steps(data_scale, data_low, logit_alpha) -> list:
-    """Preprocessing steps nearest the data (rescale to ``[0, 1)``, RealNVP's logit)."""
-    steps = []
-    if data_scale is not None:
-        steps += preprocessing.rescale(data_scale, data_low)
-    if logit_alpha is not None:
-        steps += preprocessing.logit(logit_alpha)
-    return steps
+class LogitPresetOptions(PresetOptions, total=False):
+    """:class:`PresetOptions` and RealNVP's logit (``logit_alpha=None``; see
+    :class:`~tfp_nice.RealNVP`)."""
+
+    logit_alpha: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedOptions:
+    """The shared options of a preset (:class:`PresetOptions`), taken out of its ``**kwargs``
+    and checked: the data range, the logit (where the preset takes one) and the conditioning."""
+
+    data_scale: float | None
+    data_low: float
+    logit_alpha: float | None
+    takes_logit: bool
+    cond: Conditioning
+
+    @classmethod
+    def pop(cls, kwargs: dict, takes_logit: bool = True) -> SharedOptions:
+        """Takes the shared options out of ``kwargs`` (what is left is ``FlowModel``'s)."""
+        data_scale = kwargs.pop("data_scale", None)
+        logit_alpha = kwargs.pop("logit_alpha", None) if takes_logit else None
+        if logit_alpha is not None and data_scale is None:  # the logit acts on [0, 1) data
+            raise ValueError(
+                "`logit_alpha` needs `data_scale` (the logit acts on data rescaled to [0, 1)). "
+                f"Received: logit_alpha={logit_alpha!r}, data_scale=None"
+            )
+        cond = Conditioning.from_args(kwargs.pop("num_classes", None),
+                                      kwargs.pop("context_shape", None),
+                                      kwargs.pop("conditioning", "both"))
+        return cls(data_scale, kwargs.pop("data_low", 0.0), logit_alpha, takes_logit, cond)
+
+    def data_steps(self) -> list:
+        """Preprocessing steps nearest the data (rescale to ``[0, 1)``, RealNVP's logit)."""
+        steps = []
+        if self.data_scale is not None:
+            steps += preprocessing.rescale(self.data_scale, self.data_low)
+        if self.logit_alpha is not None:
+            steps += preprocessing.logit(self.logit_alpha)
+        return steps
+
+    def config(self) -> dict:
+        """The preset config entries of the shared options."""
+        config = dict(data_scale=self.data_scale, data_low=self.data_low)
+        if self.takes_logit:
+            config["logit_alpha"] = self.logit_alpha
+        return dict(config, **self.cond.config())
 
 
 def flatten_step(event_shape: Sequence[int]) -> list:
@@ -171,47 +228,24 @@ def alternating_couplings(num: int, first: masks.Mask, hidden_units, activation:
     return steps
 
 
-def vector_flow_start(event_shape, num_couplings, prior: str, mask: str, data_scale, data_low,
-                      logit_alpha) -> tuple:
-    """What every vector preset starts from: ``(event_shape, num_couplings, base, first_mask,
-    steps)`` with the arguments checked and the data-side steps (preprocessing, flatten)."""
+def vector_flow(event_shape, hp: dict, options: SharedOptions, make: Callable,
+                units_per_unit: int, scaling: Callable | None = None) -> tuple:
+    """What a vector preset hands to :class:`Preset`: ``(base, steps, own config)``.
+
+    ``hp``: the preset's own arguments in config order (``num_couplings``, ``hidden_units``,
+    ``activation``, ``prior``, ``mask`` and its others). From the data side: the preprocessing,
+    a flatten, ``num_couplings`` couplings ``make(net, mask, i)`` with alternating masks
+    (:func:`alternating_couplings`), ``scaling(size)`` if given, the class-conditional prior.
+    """
     event_shape = preset_event_shape(event_shape)
-    num_couplings = check_int(num_couplings, "num_couplings")
-    check_logit(logit_alpha, data_scale)
+    num_couplings = check_int(hp["num_couplings"], "num_couplings")
     size = int(np.prod(event_shape))
-    steps = data_steps(data_scale, data_low, logit_alpha) + flatten_step(event_shape)
-    return event_shape, num_couplings, priors.get(prior, [size]), vector_mask(mask, size), steps
-
-
-def image_event_shape(owner: str, event_shape) -> tuple[int, ...]:
-    """``event_shape`` checked as ``[height, width, channels]`` for the image preset ``owner``."""
-    shape = preset_event_shape(event_shape)
-    if len(shape) != 3:
-        raise ValueError(
-            f"{owner}: `event_shape` must be [height, width, channels]. "
-            f"Received: event_shape={list(shape)}"
-        )
-    return shape
-
-
-def check_divisible(owner: str, shape: Sequence[int], div: int, setting: str, power: str) -> None:
-    """Refuses an image whose height or width is not a multiple of ``div`` (= ``power``)."""
-    if shape[0] % div or shape[1] % div:
-        raise ValueError(
-            f"{owner}: with {setting} the height and width must be divisible by {power} = "
-            f"{div}. Received: event_shape={list(shape)}"
-        )
-
-
-def image_flow(shape: Sequence[int], hp: dict, build_steps: Callable, cond: Conditioning,
-               prior: str, data_scale, data_low, logit_alpha) -> tuple:
-    """What an image preset hands to ``FlowModel``: ``(base, steps, preset config)``, with the
-    data-side steps first, ``build_steps(shape, 0, hp)`` (the levels, recursively) and the
-    class-conditional prior nearest the latent."""
-    check_logit(logit_alpha, data_scale)
-    steps = data_steps(data_scale, data_low, logit_alpha) + build_steps(
-        list(shape), 0, dict(hp, conditional=cond.couplings))
-    steps += cond.prior_steps(list(shape))
-    config = dict(event_shape=list(shape), **hp, prior=prior, data_scale=data_scale,
-                  data_low=data_low, logit_alpha=logit_alpha, **cond.config())
-    return priors.get(prior, list(shape)), steps, config
+    base = priors.get(hp["prior"], [size])
+    steps = options.data_steps() + flatten_step(event_shape) + alternating_couplings(
+        num_couplings, vector_mask(hp["mask"], size), hp["hidden_units"], hp["activation"], make,
+        units_per_unit)
+    steps += [] if scaling is None else scaling(size)
+    steps += options.cond.prior_steps([size])
+    config = dict(event_shape=list(event_shape), **hp)
+    config.update(num_couplings=num_couplings, hidden_units=list(hp["hidden_units"]))
+    return base, steps, config

@@ -6,33 +6,19 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow_probability as tfp
+from typing_extensions import Unpack
 
 from tfp_nice import _math, masks
 from tfp_nice._internal.checks import check_choice, check_int
-from tfp_nice.bijectors import (
-    ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
-    FactorOut,
-    Invertible1x1Conv,
-    Squeeze,
-)
+from tfp_nice.bijectors import ActNorm, AffineCoupling, FactorOut, Invertible1x1Conv, Squeeze
 from tfp_nice.layers import ActNormLayer, ConvConditioner, Invertible1x1ConvLayer
-from tfp_nice.presets._common import (
-    Conditioning,
-    Preset,
-    check_divisible,
-    image_event_shape,
-    image_flow,
-)
+from tfp_nice.presets._common import LogitPresetOptions, Preset, SharedOptions
+from tfp_nice.presets._image import IMAGE_COUPLINGS, image_coupling, image_event_shape, image_flow
 from tfp_nice.presets._multiscale import MultiScale
 
 tfb = tfp.bijectors
 
 __all__ = ["Glow", "glow_defaults", "glow_step"]
-
-_COUPLINGS = ("affine", "additive")
-
 
 def glow_step(event_shape: Sequence[int], filters: int = 64, coupling: str = "affine",
               scale: str = "sigmoid", name: str = "step", dtype=None,
@@ -76,17 +62,12 @@ def glow_step(event_shape: Sequence[int], filters: int = 64, coupling: str = "af
             "glow_step: a channel coupling needs at least 2 channels (squeeze first). "
             f"Received: event_shape={list(event_shape)}"
         )
-    check_choice(coupling, _COUPLINGS, "coupling")
-    mask = masks.channel(list(event_shape))  # the first C // 2 channels condition
-    out = 2 * c if coupling == "affine" else c
-    net = ConvConditioner(out, filters=(filters, filters), kernel_size=3, dtype=dtype,
-                          name=f"{name}_net")
-    if coupling == "affine":
-        inner = AffineCoupling(net, mask=mask, scale=scale, conditioner_input="masked",
-                               name=f"{name}_coupling", conditional=conditional)
-    else:
-        inner = AdditiveCoupling(net, mask=mask, conditioner_input="masked",
-                                 name=f"{name}_coupling", conditional=conditional)
+    check_choice(coupling, IMAGE_COUPLINGS, "coupling")
+    inner = image_coupling(
+        coupling, masks.channel(list(event_shape)),  # the first C // 2 channels condition
+        lambda out, net_name: ConvConditioner(out, filters=(filters, filters), kernel_size=3,
+                                              dtype=dtype, name=net_name),
+        scale, f"{name}_coupling", conditional)
     return [
         ActNorm(layer=ActNormLayer(c, dtype=dtype, name=f"{name}_act_norm_layer"),
                 name=f"{name}_act_norm"),
@@ -202,14 +183,11 @@ class Glow(MultiScale, Preset):
       data_scale, data_low, logit_alpha: preprocessing as in :class:`~tfp_nice.RealNVP`
         (Glow itself uses ``data_scale=256`` and no logit; on 28x28 MNIST the logit
         ``logit_alpha=0.05`` learned much faster: 3.23 against 4.74 bits/dim after 300 steps).
-      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
-        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
-      context_shape: a vector context's shape ``[k]``.
-      conditioning: where the context acts: ``"couplings"`` (every coupling network and
-        learned split prior sees it, as constant feature maps), ``"prior"`` (a learned
-        per-class latent mean and scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`) or
-        ``"both"`` (default, as the other presets).
-      **kwargs: ``keras.Model`` arguments.
+      num_classes, context_shape, conditioning: a conditional flow, as in
+        :class:`~tfp_nice.RealNVP` (with ``"couplings"`` the learned split priors see the
+        context too).
+      **kwargs: these keyword options
+        (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 
     Example:
       >>> model = Glow([4, 4, 1], num_levels=2, num_steps=1, filters=4)
@@ -231,30 +209,21 @@ class Glow(MultiScale, Preset):
         scale: str = "sigmoid",
         split_prior: bool = True,
         prior: str = "normal",
-        data_scale: float | None = None,
-        data_low: float = 0.0,
-        logit_alpha: float | None = None,
-        num_classes: int | None = None,
-        context_shape: Sequence[int] | None = None,
-        conditioning: str = "both",
-        **kwargs,
+        **kwargs: Unpack[LogitPresetOptions],
     ):
-        shape = image_event_shape("Glow", event_shape)
-        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
+        options = SharedOptions.pop(kwargs)
         hp = dict(
             num_levels=check_int(num_levels, "num_levels"),
             num_steps=check_int(num_steps, "num_steps"),
             filters=check_int(filters, "filters"),
-            coupling=check_choice(coupling, _COUPLINGS, "coupling"),
+            coupling=check_choice(coupling, IMAGE_COUPLINGS, "coupling"),
             scale=_math.check_stabiliser(scale),
             split_prior=bool(split_prior),
         )
-        div = 2 ** hp["num_levels"]
-        check_divisible("Glow", shape, div, f"num_levels={num_levels}", "2**num_levels")
-        base, steps, self_config = image_flow(shape, hp, _level_steps, cond, prior, data_scale,
-                                              data_low, logit_alpha)
-        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = self_config
+        shape = image_event_shape("Glow", event_shape, 2 ** hp["num_levels"],
+                                  f"num_levels={num_levels}", "2**num_levels")
+        base, steps, own_config = image_flow(shape, hp, _level_steps, options, prior)
+        super().__init__(base, steps, options, own_config, **kwargs)
 
     @property
     def num_levels(self) -> int:

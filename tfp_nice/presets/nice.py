@@ -8,14 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+from typing_extensions import Unpack
 
 from tfp_nice.bijectors import AdditiveCoupling, DiagonalScale
-from tfp_nice.presets._common import (
-    Conditioning,
-    Preset,
-    alternating_couplings,
-    vector_flow_start,
-)
+from tfp_nice.presets._common import Preset, PresetOptions, SharedOptions, vector_flow
 
 tfb = tfp.bijectors
 
@@ -40,15 +36,10 @@ class NICE(Preset):
       mask: ``"even_odd"`` (the paper's partition) or ``"half"`` (first/second half).
       data_scale: if given, data live on ``[data_low, data_low + data_scale)`` (e.g. 17 for
         dequantized digits, 256 for 8-bit pixels) and are rescaled to ``[0, 1)``.
-      data_low: the lower end of the data range.
-      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
-        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
-      context_shape: a vector context's shape ``[k]``.
-      conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
-        it), ``"prior"`` (a learned per-class latent mean and scale, FlowGMM, via
-        :class:`~tfp_nice.ContextAffine`; shared couplings) or ``"both"`` (default: the
-        best on the digits, ``bench/conditioning_digits.md``).
-      **kwargs: ``keras.Model`` arguments.
+      data_low: the lower end of the data range (default 0).
+      num_classes, context_shape, conditioning: a conditional flow, as in :class:`RealNVP`.
+      **kwargs: these keyword options (:class:`~tfp_nice.presets._common.PresetOptions`) and
+        ``keras.Model`` arguments.
 
     Example:
       >>> model = NICE([8, 8, 1], hidden_units=(32,), data_scale=17.0)
@@ -67,31 +58,19 @@ class NICE(Preset):
         activation: str = "relu",
         prior: str = "logistic",
         mask: str = "even_odd",
-        data_scale: float | None = None,
-        data_low: float = 0.0,
-        num_classes: int | None = None,
-        context_shape: Sequence[int] | None = None,
-        conditioning: str = "both",
-        **kwargs,
+        **kwargs: Unpack[PresetOptions],
     ):
-        event_shape, num_couplings, base, first, steps = vector_flow_start(
-            event_shape, num_couplings, prior, mask, data_scale, data_low, None)
-        size = first.num_masked + first.num_transformed
-        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
-        steps += alternating_couplings(
-            num_couplings, first, hidden_units, activation,
+        options = SharedOptions.pop(kwargs, takes_logit=False)
+        hp = dict(num_couplings=num_couplings, hidden_units=hidden_units, activation=activation,
+                  prior=prior, mask=mask)
+        base, steps, own_config = vector_flow(
+            event_shape, hp, options,
             lambda net, m, i: AdditiveCoupling(net, mask=m, name=f"additive_coupling_{i}",
-                                               conditional=cond.couplings),
+                                               conditional=options.cond.couplings),
             units_per_unit=1,
+            scaling=lambda size: [DiagonalScale([size], name="diagonal_scale")],
         )
-        steps.append(DiagonalScale([size], name="diagonal_scale"))
-        steps += cond.prior_steps([size])
-        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = dict(
-            event_shape=list(event_shape), num_couplings=num_couplings,
-            hidden_units=list(hidden_units), activation=activation, prior=prior, mask=mask,
-            data_scale=data_scale, data_low=data_low, **cond.config(),
-        )
+        super().__init__(base, steps, options, own_config, **kwargs)
 
     def initialize_scale(self, x, context=None) -> np.ndarray:
         """Data-dependent initialisation of the diagonal scaling (like Glow's ActNorm).

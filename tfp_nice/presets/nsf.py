@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+from typing_extensions import Unpack
 
 from tfp_nice._internal.checks import check_int, check_number
 from tfp_nice.bijectors import SplineCoupling
-from tfp_nice.presets._common import (
-    Conditioning,
-    Preset,
-    alternating_couplings,
-    vector_flow_start,
-)
+from tfp_nice.presets._common import LogitPresetOptions, Preset, SharedOptions, vector_flow
 
 __all__ = ["NSF"]
 
@@ -40,7 +36,8 @@ class NSF(Preset):
       mask: ``"half"`` or ``"even_odd"``.
       data_scale, data_low, logit_alpha: preprocessing as in :class:`RealNVP`.
       num_classes, context_shape, conditioning: a conditional flow, as in :class:`RealNVP`.
-      **kwargs: ``keras.Model`` arguments.
+      **kwargs: these keyword options
+        (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 
     Example:
       >>> model = NSF([2], num_couplings=2, hidden_units=(16,), num_bins=4)
@@ -61,32 +58,18 @@ class NSF(Preset):
         bound: float = 3.0,
         prior: str = "normal",
         mask: str = "half",
-        data_scale: float | None = None,
-        data_low: float = 0.0,
-        logit_alpha: float | None = None,
-        num_classes: int | None = None,
-        context_shape: Sequence[int] | None = None,
-        conditioning: str = "both",
-        **kwargs,
+        **kwargs: Unpack[LogitPresetOptions],
     ):
-        event_shape, num_couplings, base, first, steps = vector_flow_start(
-            event_shape, num_couplings, prior, mask, data_scale, data_low, logit_alpha)
+        options = SharedOptions.pop(kwargs)
         num_bins = check_int(num_bins, "num_bins", minimum=2)
         bound = check_number(bound, "bound", low=0.0, low_inclusive=False, what="a float > 0")
-        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
-        size = first.num_masked + first.num_transformed
-        steps += alternating_couplings(
-            num_couplings, first, hidden_units, activation,
+        hp = dict(num_couplings=num_couplings, hidden_units=hidden_units, activation=activation,
+                  num_bins=num_bins, bound=bound, prior=prior, mask=mask)
+        base, steps, own_config = vector_flow(
+            event_shape, hp, options,
             lambda net, m, i: SplineCoupling(net, mask=m, num_bins=num_bins, bound=bound,
                                              name=f"spline_coupling_{i}",
-                                             conditional=cond.couplings),
+                                             conditional=options.cond.couplings),
             units_per_unit=3 * num_bins - 1,
         )
-        steps += cond.prior_steps([size])
-        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = dict(
-            event_shape=list(event_shape), num_couplings=num_couplings,
-            hidden_units=list(hidden_units), activation=activation, num_bins=num_bins,
-            bound=bound, prior=prior, mask=mask, data_scale=data_scale, data_low=data_low,
-            logit_alpha=logit_alpha, **cond.config(),
-        )
+        super().__init__(base, steps, options, own_config, **kwargs)

@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+from typing_extensions import Unpack
 
 from tfp_nice.bijectors import AffineCoupling
-from tfp_nice.presets._common import (
-    Conditioning,
-    Preset,
-    alternating_couplings,
-    vector_flow_start,
-)
+from tfp_nice.presets._common import LogitPresetOptions, Preset, SharedOptions, vector_flow
 
 __all__ = ["RealNVP"]
 
@@ -36,15 +32,17 @@ class RealNVP(Preset):
       mask: ``"half"`` or ``"even_odd"``.
       data_scale, data_low: as in :class:`NICE`.
       logit_alpha: if given (with ``data_scale``), apply ``logit(α + (1 - 2α) x)`` to the
-        rescaled data (RealNVP: ``α = 0.05``).
+        rescaled data (RealNVP: ``α = 0.05``; default ``None``, no logit).
       num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
         (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
       context_shape: a vector context's shape ``[k]``.
       conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
-        it), ``"prior"`` (a learned per-class latent mean and scale, FlowGMM, via
-        :class:`~tfp_nice.ContextAffine`; shared couplings) or ``"both"`` (default: the
-        best on the digits, ``bench/conditioning_digits.md``).
-      **kwargs: ``keras.Model`` arguments.
+        it; the image presets' see it as constant feature maps), ``"prior"`` (a learned
+        per-class latent mean and scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`;
+        shared couplings) or ``"both"`` (default: the best on the digits,
+        ``bench/conditioning_digits.md``).
+      **kwargs: these keyword options
+        (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 
     Example:
       >>> model = RealNVP([2], num_couplings=4, hidden_units=(32, 32))
@@ -64,29 +62,15 @@ class RealNVP(Preset):
         scale: str = "tanh",
         prior: str = "normal",
         mask: str = "half",
-        data_scale: float | None = None,
-        data_low: float = 0.0,
-        logit_alpha: float | None = None,
-        num_classes: int | None = None,
-        context_shape: Sequence[int] | None = None,
-        conditioning: str = "both",
-        **kwargs,
+        **kwargs: Unpack[LogitPresetOptions],
     ):
-        event_shape, num_couplings, base, first, steps = vector_flow_start(
-            event_shape, num_couplings, prior, mask, data_scale, data_low, logit_alpha)
-        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
-        size = first.num_masked + first.num_transformed
-        steps += alternating_couplings(
-            num_couplings, first, hidden_units, activation,
+        options = SharedOptions.pop(kwargs)
+        hp = dict(num_couplings=num_couplings, hidden_units=hidden_units, activation=activation,
+                  scale=scale, prior=prior, mask=mask)
+        base, steps, own_config = vector_flow(
+            event_shape, hp, options,
             lambda net, m, i: AffineCoupling(net, mask=m, scale=scale, name=f"affine_coupling_{i}",
-                                             conditional=cond.couplings),
+                                             conditional=options.cond.couplings),
             units_per_unit=2,
         )
-        steps += cond.prior_steps([size])
-        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = dict(
-            event_shape=list(event_shape), num_couplings=num_couplings,
-            hidden_units=list(hidden_units), activation=activation, scale=scale, prior=prior,
-            mask=mask, data_scale=data_scale, data_low=data_low, logit_alpha=logit_alpha,
-            **cond.config(),
-        )
+        super().__init__(base, steps, options, own_config, **kwargs)

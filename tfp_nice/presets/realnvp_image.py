@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import keras
 import tensorflow_probability as tfp
+from typing_extensions import Unpack
 
 from tfp_nice import layers, masks
 from tfp_nice._internal.checks import check_choice, check_int
-from tfp_nice.bijectors import (
-    ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
-    BatchNorm,
-    FactorOut,
-    Squeeze,
-)
-from tfp_nice.presets._common import (
-    Conditioning,
-    Preset,
-    check_divisible,
-    image_event_shape,
-    image_flow,
-)
+from tfp_nice.bijectors import ActNorm, BatchNorm, FactorOut, Squeeze
+from tfp_nice.presets._common import LogitPresetOptions, Preset, SharedOptions
+from tfp_nice.presets._image import IMAGE_COUPLINGS, image_coupling, image_event_shape, image_flow
 from tfp_nice.presets._multiscale import MultiScale
 
 tfb = tfp.bijectors
@@ -29,7 +18,6 @@ tfb = tfp.bijectors
 __all__ = ["RealNVPImage"]
 
 _NORMALIZATIONS = ("batch_norm", "act_norm", "none")
-_IMAGE_COUPLINGS = ("affine", "additive")
 _IMAGE_CONDITIONERS = ("resnet", "conv")
 
 
@@ -48,15 +36,11 @@ def _couplings(first: masks.Mask, count: int, width: int, prefix: str, hp: dict)
     for j in range(count):
         m = first if j % 2 == 0 else first.complement()
         name = f"{prefix}_{j}"
-        if hp["coupling"] == "affine":
-            net = _net(hp["conditioner"], 2 * c, width, hp["num_blocks"], hp["l2"], f"{name}_net")
-            steps.append(AffineCoupling(net, mask=m, scale=hp["scale"],
-                                        conditioner_input="masked", name=name,
-                                        conditional=hp["conditional"]))
-        else:
-            net = _net(hp["conditioner"], c, width, hp["num_blocks"], hp["l2"], f"{name}_net")
-            steps.append(AdditiveCoupling(net, mask=m, conditioner_input="masked", name=name,
-                                          conditional=hp["conditional"]))
+        steps.append(image_coupling(
+            hp["coupling"], m,
+            lambda out, net_name: _net(hp["conditioner"], out, width, hp["num_blocks"], hp["l2"],
+                                       net_name),
+            hp["scale"], name, hp["conditional"]))
         if hp["normalization"] == "batch_norm":
             steps.append(BatchNorm(channels=c, name=f"{name}_batch_norm"))
         elif hp["normalization"] == "act_norm":
@@ -126,14 +110,9 @@ class RealNVPImage(MultiScale, Preset):
       l2: L2 penalty on the weight-norm gains (RealNVP: ``5e-5``); it is added to the loss.
       prior: ``"normal"`` (the paper) or ``"logistic"``.
       data_scale, data_low, logit_alpha: preprocessing as in :class:`RealNVP`.
-      num_classes: make the flow class-conditional, ``p(x | c)`` for labels in ``[0, K)``
-        (see :class:`~tfp_nice.FlowModel`); ``context_shape=[k]`` instead for a vector context.
-      context_shape: a vector context's shape ``[k]``.
-      conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
-        it, as constant feature maps), ``"prior"`` (a learned per-class latent mean and
-        scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`; shared couplings) or
-        ``"both"`` (default: the best on the digits, ``bench/conditioning_digits.md``).
-      **kwargs: ``keras.Model`` arguments.
+      num_classes, context_shape, conditioning: a conditional flow, as in :class:`RealNVP`.
+      **kwargs: these keyword options
+        (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 
     Example:
       >>> model = RealNVPImage([4, 4, 1], num_blocks=1, filters=4)
@@ -156,33 +135,23 @@ class RealNVPImage(MultiScale, Preset):
         conditioner: str = "resnet",
         l2: float = 0.0,
         prior: str = "normal",
-        data_scale: float | None = None,
-        data_low: float = 0.0,
-        logit_alpha: float | None = None,
-        num_classes: int | None = None,
-        context_shape=None,
-        conditioning: str = "both",
-        **kwargs,
+        **kwargs: Unpack[LogitPresetOptions],
     ):
-        shape = image_event_shape("RealNVPImage", event_shape)
-        cond = Conditioning.from_args(num_classes, context_shape, conditioning)
+        options = SharedOptions.pop(kwargs)
         hp = dict(
             num_scales=check_int(num_scales, "num_scales"),
             num_blocks=check_int(num_blocks, "num_blocks", minimum=0),
             filters=check_int(filters, "filters"),
-            coupling=check_choice(coupling, _IMAGE_COUPLINGS, "coupling"),
+            coupling=check_choice(coupling, IMAGE_COUPLINGS, "coupling"),
             scale=scale,
             normalization=check_choice(normalization, _NORMALIZATIONS, "normalization"),
             conditioner=check_choice(conditioner, _IMAGE_CONDITIONERS, "conditioner"),
             l2=float(l2),
         )
-        div = 2 ** (hp["num_scales"] - 1)
-        check_divisible("RealNVPImage", shape, div, f"num_scales={num_scales}",
-                        "2**(num_scales - 1)")
-        base, steps, self_config = image_flow(shape, hp, _scale_steps, cond, prior, data_scale,
-                                              data_low, logit_alpha)
-        super().__init__(base, steps, **cond.model_kwargs(), **kwargs)
-        self._preset_config = self_config
+        shape = image_event_shape("RealNVPImage", event_shape, 2 ** (hp["num_scales"] - 1),
+                                  f"num_scales={num_scales}", "2**(num_scales - 1)")
+        base, steps, own_config = image_flow(shape, hp, _scale_steps, options, prior)
+        super().__init__(base, steps, options, own_config, **kwargs)
 
     @property
     def num_scales(self) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import keras
 
 from tfp_nice._internal.checks import check_int, check_int_sequence
+from tfp_nice.layers._config import ConfigFields
 from tfp_nice.layers._context import ContextInput
 
 __all__ = ["MLPConditioner", "ConvConditioner"]
@@ -59,7 +60,7 @@ class _StackConditioner(ContextInput, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class MLPConditioner(_StackConditioner):
+class MLPConditioner(ConfigFields, _StackConditioner):
     """A dense network ``[batch, d_in] -> [batch, output_units]`` for coupling conditioners.
 
     ``hidden_units`` dense layers with ``activation``, then a linear output layer whose
@@ -87,6 +88,9 @@ class MLPConditioner(_StackConditioner):
       >>> net(np.zeros([2, 5], "float32")).shape
       TensorShape([2, 3])
     """
+
+    config_fields = (
+        "output_units", "hidden_units", "activation", "kernel_initializer", "zero_init_output")
 
     def __init__(
         self,
@@ -120,20 +124,9 @@ class MLPConditioner(_StackConditioner):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.output_units,)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            output_units=self.output_units,
-            hidden_units=list(self.hidden_units),
-            activation=self.activation,
-            kernel_initializer=self.kernel_initializer,
-            zero_init_output=self.zero_init_output,
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class ConvConditioner(_StackConditioner):
+class ConvConditioner(ConfigFields, _StackConditioner):
     """A small plain conv net for image couplings (Glow's ``3x3 -> 1x1 -> 3x3`` shape).
 
     ``[N, H, W, C_in] -> [N, H, W, output_channels]``: one ``"same"`` convolution per entry of
@@ -157,6 +150,8 @@ class ConvConditioner(_StackConditioner):
       >>> net(np.zeros([2, 4, 4, 3], "float32")).shape
       TensorShape([2, 4, 4, 4])
     """
+
+    config_fields = ("output_channels", "filters", "kernel_size", "activation", "zero_init_output")
 
     _units_arg = "output_channels"
 
@@ -191,10 +186,3 @@ class ConvConditioner(_StackConditioner):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.output_channels,)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(output_channels=self.output_channels, filters=list(self.filters),
-                      kernel_size=self.kernel_size, activation=self.activation,
-                      zero_init_output=self.zero_init_output)
-        return config

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from tfp_nice._internal.checks import check_int
+from tfp_nice.layers._config import ConfigFields
 from tfp_nice.layers._self_built import SelfBuiltLayer, weight_property
 
 __all__ = ["Invertible1x1ConvLayer", "random_rotation_lu"]
@@ -53,7 +54,7 @@ def _lu_partial_pivoting(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class Invertible1x1ConvLayer(SelfBuiltLayer):
+class Invertible1x1ConvLayer(ConfigFields, SelfBuiltLayer):
     """The weights of :class:`tfp_nice.bijectors.Invertible1x1Conv` (Glow [4] §3.2).
 
     ``W = P L (U + diag(sign_s * exp(log_s)))``, stored as
@@ -84,6 +85,8 @@ class Invertible1x1ConvLayer(SelfBuiltLayer):
           arXiv:1807.03039, §3.2.
     """
 
+    config_fields = ("channels", "seed")
+
     def __init__(self, channels: int, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.channels = check_int(channels, "channels")
@@ -113,8 +116,3 @@ class Invertible1x1ConvLayer(SelfBuiltLayer):
         lower = get("lower").value if self.channels > 1 else None
         upper = get("upper").value if self.channels > 1 else None
         return (get("permutation").value, lower, upper, get("sign_s").value, get("log_s").value)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(channels=self.channels, seed=self.seed)
-        return config

@@ -6,13 +6,14 @@ import keras
 
 from tfp_nice import _math
 from tfp_nice._internal.checks import check_int, check_number
+from tfp_nice.layers._config import ConfigFields
 from tfp_nice.layers._self_built import SelfBuiltLayer, weight_property
 
 __all__ = ["ActNormLayer", "BatchNormLayer"]
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class ActNormLayer(SelfBuiltLayer):
+class ActNormLayer(ConfigFields, SelfBuiltLayer):
     """The weights of :class:`tfp_nice.bijectors.ActNorm`: per-channel ``loc`` and ``log_scale``.
 
     Also holds ``initialized`` (a non-trainable 0/1 weight), so a saved and reloaded model
@@ -23,6 +24,8 @@ class ActNormLayer(SelfBuiltLayer):
       channels: the number of channels ``C`` (the last axis of the event).
       **kwargs: ``keras.layers.Layer`` arguments.
     """
+
+    config_fields = ("channels",)
 
     def __init__(self, channels: int, **kwargs):
         super().__init__(**kwargs)
@@ -57,14 +60,9 @@ class ActNormLayer(SelfBuiltLayer):
     def call(self, inputs=None):
         return self.loc.value, self.log_scale.value
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(channels=self.channels)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class BatchNormLayer(SelfBuiltLayer):
+class BatchNormLayer(ConfigFields, SelfBuiltLayer):
     """The weights of :class:`tfp_nice.bijectors.BatchNorm`: moving statistics and ``γ``, ``β``.
 
     ``moving_mean`` and ``moving_variance`` are non-trainable Keras weights (saved with the
@@ -86,6 +84,8 @@ class BatchNormLayer(SelfBuiltLayer):
       scale: learn a log-scale ``log γ``.
       **kwargs: ``keras.layers.Layer`` arguments.
     """
+
+    config_fields = ("channels", "momentum", "epsilon", "center", "scale")
 
     def __init__(self, channels: int, momentum: float = 0.9, epsilon: float = 1e-4,
                  center: bool = True, scale: bool = True, **kwargs):
@@ -152,9 +152,3 @@ class BatchNormLayer(SelfBuiltLayer):
         lg = None if self.log_gamma is None else keras.ops.cast(self.log_gamma.value, dtype)
         b = None if self.beta is None else keras.ops.cast(self.beta.value, dtype)
         return lg, b
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(channels=self.channels, momentum=self.momentum, epsilon=self.epsilon,
-                      center=self.center, scale=self.scale)
-        return config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from tfp_nice._internal.checks import check_int, check_number
+from tfp_nice.layers._config import ConfigFields
 from tfp_nice.layers._context import ContextInput
 
 __all__ = ["WeightNormConv2D", "ResNetConditioner"]
@@ -15,7 +16,7 @@ def _non_negative(value, arg: str) -> float:
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class WeightNormConv2D(keras.layers.Layer):
+class WeightNormConv2D(ConfigFields, keras.layers.Layer):
     """A 2-D convolution with weight normalisation [5]: ``w = g · v / ||v||`` per output filter.
 
     ``v`` (``[k, k, c_in, filters]``) and the gain ``g`` (``[filters]``) are trained instead
@@ -36,6 +37,8 @@ class WeightNormConv2D(keras.layers.Layer):
     References:
       [5] Salimans, Kingma. Weight normalization. arXiv:1602.07868.
     """
+
+    config_fields = ("filters", "kernel_size", "zero_init", "l2", "kernel_initializer")
 
     def __init__(self, filters: int, kernel_size: int = 3, zero_init: bool = False,
                  l2: float = 0.0, kernel_initializer: str = "he_normal", **kwargs):
@@ -75,16 +78,9 @@ class WeightNormConv2D(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.filters,)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size,
-                      zero_init=self.zero_init, l2=self.l2,
-                      kernel_initializer=self.kernel_initializer)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class ResNetConditioner(ContextInput, keras.layers.Layer):
+class ResNetConditioner(ConfigFields, ContextInput, keras.layers.Layer):
     """RealNVP's coupling network for images [2] §4.1: a residual conv net, weight-normalised.
 
     ``[N, H, W, C_in] -> [N, H, W, output_channels]``::
@@ -115,6 +111,9 @@ class ResNetConditioner(ContextInput, keras.layers.Layer):
       >>> net(np.zeros([3, 4, 4, 2], "float32")).shape
       TensorShape([3, 4, 4, 2])
     """
+
+    config_fields = ("output_channels", "filters", "num_blocks", "kernel_size",
+                     "output_kernel_size", "l2", "zero_init_output")
 
     def __init__(self, output_channels: int | None = None, filters: int = 64,
                  num_blocks: int = 2, kernel_size: int = 3, output_kernel_size: int = 1,
@@ -172,11 +171,3 @@ class ResNetConditioner(ContextInput, keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.output_channels,)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(output_channels=self.output_channels, filters=self.filters,
-                      num_blocks=self.num_blocks, kernel_size=self.kernel_size,
-                      output_kernel_size=self.output_kernel_size, l2=self.l2,
-                      zero_init_output=self.zero_init_output)
-        return config

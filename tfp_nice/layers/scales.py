@@ -8,6 +8,7 @@ import keras
 
 from tfp_nice import _math
 from tfp_nice._internal.checks import check_event_shape
+from tfp_nice.layers._config import ConfigFields
 from tfp_nice.layers._precision import FullPrecisionLayer
 from tfp_nice.layers._self_built import SelfBuiltLayer, weight_property
 
@@ -15,7 +16,7 @@ __all__ = ["TanhScale", "LogScale"]
 
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class TanhScale(FullPrecisionLayer):
+class TanhScale(ConfigFields, FullPrecisionLayer):
     """``s = c * tanh(h)`` with a learned per-unit ``c`` (RealNVP's scale stabiliser).
 
     ``c`` has the size of ``h``'s last axis and starts at ``initial_scale``. ``s`` is a
@@ -27,6 +28,8 @@ class TanhScale(FullPrecisionLayer):
       >>> TanhScale(initial_scale=2.0)(np.zeros([1, 3], "float32")).shape
       TensorShape([1, 3])
     """
+
+    config_fields = ("initial_scale",)
 
     def __init__(self, initial_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
@@ -45,14 +48,9 @@ class TanhScale(FullPrecisionLayer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(initial_scale=self.initial_scale)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tfp_nice")
-class LogScale(SelfBuiltLayer):
+class LogScale(ConfigFields, SelfBuiltLayer):
     """Holds one free weight ``log_scale`` of shape ``event_shape`` (zeros at start).
 
     Calling the layer returns the weight; :class:`tfp_nice.bijectors.DiagonalScale` reads it.
@@ -61,6 +59,8 @@ class LogScale(SelfBuiltLayer):
       >>> LogScale([2, 2])().shape
       TensorShape([2, 2])
     """
+
+    config_fields = ("event_shape",)
 
     def __init__(self, event_shape: Sequence[int], **kwargs):
         super().__init__(**kwargs)
@@ -74,8 +74,3 @@ class LogScale(SelfBuiltLayer):
 
     def call(self, inputs=None):
         return self.log_scale.value
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(event_shape=list(self.event_shape))
-        return config

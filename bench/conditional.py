@@ -8,7 +8,8 @@ Every row is a `tfp_nice.training.train` run, i.e. exactly `tfp-nice train` with
 its `flags` column (CLI defaults otherwise), on the held-out test split of its data:
 
 * **conditional**: `--model realnvp` without and with `--conditional` (default conditioning:
-  the label in every coupling network and a per-class latent mean and scale) on
+  `prior`, a per-class latent mean and scale with the class means drawn apart at start,
+  `--class-mean-stddev 1.5`) on
   - the 8x8 digits (`--data digits`: 1257 train / 270 validation / 270 test, fixed split), and
   - `--data ../shared/data/mnist-train-19690.npz` (real 28x28 MNIST digits with labels; the
     package carves 15% test and 15% validation with `--seed 0`: 13782 / 2954 / 2954).
@@ -17,7 +18,8 @@ its `flags` column (CLI defaults otherwise), on the held-out test split of its d
   `-log sum_c p(x | c) p(c)` (comparable between the two); `accuracy` is the Bayes
   classifier `argmax_c log p(x | c) + log p(c)` (`metrics.json`'s `test_accuracy`).
 * **conditioning** (optional, `--conditioning-ablation`): the same conditional MNIST run with
-  `--conditioning couplings` and `--conditioning prior`.
+  `--conditioning couplings`, `--conditioning both` and `--class-mean-stddev 0` (the prior's
+  class means all starting at 0).
 * **spline vs affine**: `--model nsf` against `--model realnvp` on the digits, unconditional,
   with the same `--time-limit` (equal wall time, epochs unbounded within it): bits/dim
   reached and epochs done.
@@ -51,7 +53,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="the equal time limit of spline vs affine (default 4; quick: 0.05)")
     p.add_argument("--conditioning-ablation", action="store_true",
-                   help="also run conditional MNIST with --conditioning couplings and prior")
+                   help="also run conditional MNIST with --conditioning couplings, both and "
+                        "--class-mean-stddev 0")
     p.add_argument("--out", default=str(HERE / "conditional"),
                    help="output path without suffix (writes OUT.json and OUT.md)")
     p.add_argument("--work-dir", default=None, help="where the runs go (default: a temp dir)")
@@ -92,7 +95,8 @@ def run(part: str, data_name: str, splits, work: str, **config) -> dict:
     from tfp_nice import training
 
     cfg = training.TrainConfig(data=splits.spec.name, **config)
-    name = f"{part}-{data_name}-{cfg.model}-{int(cfg.conditional)}-{cfg.conditioning}"
+    name = (f"{part}-{data_name}-{cfg.model}-{int(cfg.conditional)}-{cfg.conditioning}-"
+            f"{cfg.class_mean_stddev}")
     load = os.getloadavg()[0]
     start = time.perf_counter()
     metrics = training.train(cfg, os.path.join(work, name), splits=splits, verbose=0,
@@ -127,9 +131,10 @@ def main(argv=None) -> list[dict]:
             rows.append(run("conditional", name, splits, work, model="realnvp",
                             epochs=epochs, conditional=conditional, **tiny))
         if args.conditioning_ablation and name != "digits":
-            for where in ("couplings", "prior"):
+            for flags in ({"conditioning": "couplings"}, {"conditioning": "both"},
+                          {"class_mean_stddev": 0.0}):
                 rows.append(run("conditioning", name, splits, work, model="realnvp",
-                                epochs=epochs, conditional=True, conditioning=where, **tiny))
+                                epochs=epochs, conditional=True, **flags, **tiny))
     digits = datasets[0][1]
     for model in ("realnvp", "nsf"):
         rows.append(run("spline-vs-affine", "digits", digits, work, model=model,

@@ -468,6 +468,29 @@ def test_conditional_fields_stay_out_of_run_json_at_their_defaults(capsys):
     assert exit_code(["train", "--conditioning", "prior", *TINY]) == 2
     assert "`conditioning` applies to conditional runs only" in error_line(
         capsys.readouterr().err)
+    assert "class_mean_stddev" not in cond
+    spread = TrainConfig(model="realnvp", conditional=True, class_mean_stddev=0.25).to_dict()
+    assert spread["class_mean_stddev"] == 0.25
+    assert exit_code(["train", "--class-mean-stddev", "1", *TINY]) == 2
+    assert "`class_mean_stddev` applies to conditional runs only" in error_line(
+        capsys.readouterr().err)
+    assert exit_code(["train", "--conditional", "--class-mean-stddev", "-1", *TINY]) == 2
+    assert "`class_mean_stddev` must be a float in [0, 1e6]" in error_line(
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("model, flags, conditioning, spread", [
+    ("realnvp", {}, "prior", 1.5), ("nice", {}, "prior", 1.5), ("glow", {}, "both", 1.5),
+    ("realnvp", {"conditioning": "both", "class_mean_stddev": 0.0}, "both", 0.0)])
+def test_conditional_runs_build_the_presets_prior(model, flags, conditioning, spread):
+    from tfp_nice.data.spec import DataSpec
+    from tfp_nice.training import TrainConfig
+    from tfp_nice.training.build import build_model
+
+    spec = DataSpec("x", (8, 8, 1), 17, 0.0, 16.0)
+    built = build_model(TrainConfig(model=model, conditional=True, **flags), spec, 10)
+    config = built.get_config()
+    assert (config["conditioning"], config["class_mean_stddev"]) == (conditioning, spread)
 
 
 def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():

@@ -194,7 +194,47 @@ def test_preset_conditioning_choice_wires_the_context(conditioning, couplings_se
 
 def test_unconditional_preset_config_is_unchanged():
     config = tn.RealNVP([4], num_couplings=2, hidden_units=(8,)).get_config()
-    assert not {"num_classes", "context_shape", "conditioning"} & set(config)
+    assert not {"num_classes", "context_shape", "conditioning", "class_mean_stddev"} & set(config)
+
+
+def _prior_means(model, k):
+    """The class means of a preset's ContextAffine prior: its forward image of 0 per class."""
+    prior = [s for s in model.steps if isinstance(s, tn.ContextAffine)][0]
+    shape = prior.parameters["event_shape"]
+    y = prior.forward(np.zeros([k, *shape], "float32"), context=np.eye(k, dtype="float32"))
+    return tf.reshape(y, [k, -1])
+
+
+@pytest.mark.parametrize("make, default", [
+    (lambda **kw: tn.NICE([6], hidden_units=(8,), **kw), "prior"),
+    (lambda **kw: tn.RealNVP([6], num_couplings=2, hidden_units=(8,), **kw), "prior"),
+    (lambda **kw: tn.NSF([6], num_couplings=2, hidden_units=(8,), **kw), "prior"),
+    (lambda **kw: tn.RealNVPImage([4, 4, 1], num_scales=1, num_blocks=1, filters=4, **kw),
+     "both"),
+    (lambda **kw: tn.Glow([4, 4, 1], num_levels=1, num_steps=1, filters=4, **kw), "both"),
+])
+def test_class_conditional_presets_start_their_class_means_apart(make, default):
+    keras.utils.set_random_seed(0)
+    model = make(num_classes=3)
+    config = model.get_config()
+    assert config["conditioning"] == default and config["class_mean_stddev"] == 1.5
+    means = _prior_means(model, 3).numpy()
+    assert np.std(means) > 0.5 and np.all(np.abs(means[0] - means[1]).max() > 0.5)
+    clone = type(model).from_config(config)
+    assert clone.get_config() == config
+    flat = make(num_classes=3, class_mean_stddev=0.0)
+    assert flat.get_config()["class_mean_stddev"] == 0.0
+    np.testing.assert_array_equal(_prior_means(flat, 3), np.zeros_like(means))
+
+
+def test_vector_contexts_start_at_the_identity_and_bad_spreads_are_refused():
+    model = tn.RealNVP([4], num_couplings=2, hidden_units=(8,), context_shape=[3])
+    assert "class_mean_stddev" not in model.get_config()
+    np.testing.assert_array_equal(_prior_means(model, 3), np.zeros([3, 4]))
+    with pytest.raises(ValueError, match=r"`class_mean_stddev` must be a float >= 0. "
+                                         r"Received: class_mean_stddev=-0.5"):
+        tn.RealNVP([4], num_couplings=2, hidden_units=(8,), num_classes=3,
+                   class_mean_stddev=-0.5)
 
 
 def test_fit_initialises_act_norm_on_its_first_labelled_batch():

@@ -151,8 +151,12 @@ def _train_run_args(t, strategies, conditionings, mixed_precisions) -> None:
                         "classifier's test_accuracy")
     t.add_argument("--conditioning", default=None, choices=list(conditionings),
                    help="with --conditional: where the label acts: couplings (every coupling "
-                        "network sees it), prior (a per-class latent mean and scale) or both "
-                        "(default)")
+                        "network sees it), prior (a per-class latent mean and scale; default "
+                        "of nice, realnvp, nsf) or both (default of realnvp-image, glow)")
+    t.add_argument("--class-mean-stddev", type=float, default=None, metavar="S",
+                   help="with --conditional and a conditioned prior: the spread of the random "
+                        "initial class means (FlowGMM; default 1.5; 0 starts every class at "
+                        "the same latent mean)")
     t.add_argument("--no-export", action="store_true",
                    help="skip writing the TF Serving SavedModel RUN_DIR/saved_model/1/")
 

@@ -62,6 +62,7 @@ def _train(args) -> int:
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
         time_limit=args.time_limit, memory_saving=args.memory_saving,
         conditional=args.conditional, conditioning=args.conditioning,
+        class_mean_stddev=args.class_mean_stddev,
         mixed_precision=args.mixed_precision,
     )
     out = args.out

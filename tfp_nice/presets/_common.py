@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_probability as tfp
 
 from tfp_nice import layers, masks, precision, preprocessing, priors
-from tfp_nice._internal.checks import check_choice, check_event_shape, check_int
+from tfp_nice._internal.checks import check_choice, check_event_shape, check_int, check_number
 from tfp_nice.bijectors import ContextAffine
 from tfp_nice.flow_model import FlowModel
 
@@ -72,6 +72,11 @@ class Preset(FlowModel):
 #: Where a conditional preset uses its context (``conditioning=``).
 CONDITIONINGS = ("couplings", "prior", "both")
 
+#: The spread of the random initial class means of a class-conditional prior (FlowGMM's
+#: initialisation, :class:`~tfp_nice.ContextAffine` ``mean_stddev``); measured in
+#: ``bench/conditional_mnist_sweep.md``.
+CLASS_MEAN_STDDEV = 1.5
+
 
 @dataclasses.dataclass(frozen=True)
 class Conditioning:
@@ -80,19 +85,25 @@ class Conditioning:
     ``couplings``: every coupling's conditioner sees the context (concatenated to ``x1``, or
     as constant feature maps). ``prior``: a :class:`~tfp_nice.ContextAffine` step nearest the
     latent gives each class (context) its own latent mean and scale (FlowGMM); the couplings
-    are shared and unconditioned. ``both``: the two (the presets' default: on the digits it
-    classified best and had the lowest held-out bits/dim, ``bench/conditioning_digits.md``).
+    are shared and unconditioned. ``both``: the two. Class means start apart, drawn
+    ``N(0, class_mean_stddev^2 I)`` (FlowGMM's initialisation; vector contexts start at 0).
+    Defaults: ``prior`` for the vector presets (with the spread, the best classifier on the
+    digits and MNIST, ``bench/conditional_mnist_sweep.md``), ``both`` for the image presets.
     """
 
     num_classes: int | None = None
     context_shape: tuple[int, ...] | None = None
     where: str = "both"
+    class_mean_stddev: float = CLASS_MEAN_STDDEV
 
     @classmethod
-    def from_args(cls, num_classes, context_shape, conditioning: str) -> Conditioning:
+    def from_args(cls, num_classes, context_shape, conditioning: str,
+                  class_mean_stddev: float = CLASS_MEAN_STDDEV) -> Conditioning:
         check_choice(conditioning, CONDITIONINGS, "conditioning")
+        class_mean_stddev = check_number(class_mean_stddev, "class_mean_stddev", low=0.0,
+                                         what="a float >= 0")
         shape = None if context_shape is None else tuple(context_shape)
-        return cls(num_classes, shape, conditioning)
+        return cls(num_classes, shape, conditioning, class_mean_stddev)
 
     @property
     def conditional(self) -> bool:
@@ -106,7 +117,8 @@ class Conditioning:
     def prior_steps(self, latent_shape: Sequence[int]) -> list:
         """``[ContextAffine]`` nearest the latent when the prior is conditioned, else ``[]``."""
         if self.conditional and self.where in ("prior", "both"):
-            return [ContextAffine(list(latent_shape), name="context_prior")]
+            spread = self.class_mean_stddev if self.num_classes is not None else 0.0
+            return [ContextAffine(list(latent_shape), mean_stddev=spread, name="context_prior")]
         return []
 
     def model_kwargs(self) -> dict:
@@ -119,7 +131,10 @@ class Conditioning:
         unchanged)."""
         if not self.conditional:
             return {}
-        return dict(self.model_kwargs(), conditioning=self.where)
+        config = dict(self.model_kwargs(), conditioning=self.where)
+        if self.num_classes is not None:
+            config["class_mean_stddev"] = self.class_mean_stddev
+        return config
 
 
 def preset_event_shape(event_shape) -> tuple[int, ...]:
@@ -134,13 +149,15 @@ class PresetOptions(TypedDict, total=False):
     """The keyword options every preset takes after its own (``**kwargs``): the data range
     (:class:`~tfp_nice.NICE`), a conditional flow (:class:`~tfp_nice.RealNVP`), and
     ``FlowModel`` / ``keras.Model`` arguments. Defaults: ``data_scale=None, data_low=0.0,
-    num_classes=None, context_shape=None, conditioning="both"``."""
+    num_classes=None, context_shape=None, conditioning="prior"`` (vector presets) or
+    ``"both"`` (image presets), ``class_mean_stddev=1.5``."""
 
     data_scale: float | None
     data_low: float
     num_classes: int | None
     context_shape: Sequence[int] | None
     conditioning: str
+    class_mean_stddev: float
     memory_saving: bool
     name: str
     trainable: bool
@@ -166,8 +183,10 @@ class SharedOptions:
     cond: Conditioning
 
     @classmethod
-    def pop(cls, kwargs: dict, takes_logit: bool = True) -> SharedOptions:
-        """Takes the shared options out of ``kwargs`` (what is left is ``FlowModel``'s)."""
+    def pop(cls, kwargs: dict, takes_logit: bool = True,
+            conditioning: str = "both") -> SharedOptions:
+        """Takes the shared options out of ``kwargs`` (what is left is ``FlowModel``'s);
+        ``conditioning`` is the preset's default."""
         data_scale = kwargs.pop("data_scale", None)
         logit_alpha = kwargs.pop("logit_alpha", None) if takes_logit else None
         if logit_alpha is not None and data_scale is None:  # the logit acts on [0, 1) data
@@ -177,7 +196,8 @@ class SharedOptions:
             )
         cond = Conditioning.from_args(kwargs.pop("num_classes", None),
                                       kwargs.pop("context_shape", None),
-                                      kwargs.pop("conditioning", "both"))
+                                      kwargs.pop("conditioning", conditioning),
+                                      kwargs.pop("class_mean_stddev", CLASS_MEAN_STDDEV))
         return cls(data_scale, kwargs.pop("data_low", 0.0), logit_alpha, takes_logit, cond)
 
     def data_steps(self) -> list:

@@ -183,7 +183,7 @@ class Glow(MultiScale, Preset):
       data_scale, data_low, logit_alpha: preprocessing as in :class:`~tfp_nice.RealNVP`
         (Glow itself uses ``data_scale=256`` and no logit; on 28x28 MNIST the logit
         ``logit_alpha=0.05`` learned much faster: 3.23 against 4.74 bits/dim after 300 steps).
-      num_classes, context_shape, conditioning: a conditional flow, as in
+      num_classes, context_shape, conditioning, class_mean_stddev: a conditional flow, as in
         :class:`~tfp_nice.RealNVP` (with ``"couplings"`` the learned split priors see the
         context too).
       **kwargs: these keyword options

@@ -37,7 +37,8 @@ class NICE(Preset):
       data_scale: if given, data live on ``[data_low, data_low + data_scale)`` (e.g. 17 for
         dequantized digits, 256 for 8-bit pixels) and are rescaled to ``[0, 1)``.
       data_low: the lower end of the data range (default 0).
-      num_classes, context_shape, conditioning: a conditional flow, as in :class:`RealNVP`.
+      num_classes, context_shape, conditioning, class_mean_stddev: a conditional flow, as in
+        :class:`RealNVP`.
       **kwargs: these keyword options (:class:`~tfp_nice.presets._common.PresetOptions`) and
         ``keras.Model`` arguments.
 
@@ -60,7 +61,7 @@ class NICE(Preset):
         mask: str = "even_odd",
         **kwargs: Unpack[PresetOptions],
     ):
-        options = SharedOptions.pop(kwargs, takes_logit=False)
+        options = SharedOptions.pop(kwargs, takes_logit=False, conditioning="prior")
         hp = dict(num_couplings=num_couplings, hidden_units=hidden_units, activation=activation,
                   prior=prior, mask=mask)
         base, steps, own_config = vector_flow(

@@ -35,7 +35,8 @@ class NSF(Preset):
       prior: ``"normal"`` or ``"logistic"``.
       mask: ``"half"`` or ``"even_odd"``.
       data_scale, data_low, logit_alpha: preprocessing as in :class:`RealNVP`.
-      num_classes, context_shape, conditioning: a conditional flow, as in :class:`RealNVP`.
+      num_classes, context_shape, conditioning, class_mean_stddev: a conditional flow, as in
+        :class:`RealNVP`.
       **kwargs: these keyword options
         (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 
@@ -60,7 +61,7 @@ class NSF(Preset):
         mask: str = "half",
         **kwargs: Unpack[LogitPresetOptions],
     ):
-        options = SharedOptions.pop(kwargs)
+        options = SharedOptions.pop(kwargs, conditioning="prior")
         num_bins = check_int(num_bins, "num_bins", minimum=2)
         bound = check_number(bound, "bound", low=0.0, low_inclusive=False, what="a float > 0")
         hp = dict(num_couplings=num_couplings, hidden_units=hidden_units, activation=activation,

@@ -39,8 +39,14 @@ class RealNVP(Preset):
       conditioning: where the context acts: ``"couplings"`` (every coupling's network sees
         it; the image presets' see it as constant feature maps), ``"prior"`` (a learned
         per-class latent mean and scale, FlowGMM, via :class:`~tfp_nice.ContextAffine`;
-        shared couplings) or ``"both"`` (default: the best on the digits,
-        ``bench/conditioning_digits.md``).
+        shared couplings; the default of the vector presets NICE, RealNVP and NSF: the best
+        Bayes classifier on the digits and MNIST, ``bench/conditional_mnist_sweep.md``) or
+        ``"both"`` (the image presets' default).
+      class_mean_stddev: with class labels and a conditioned prior, the class means start at
+        random, ``mu_c ~ N(0, class_mean_stddev^2 I)`` (FlowGMM's initialisation; default
+        1.5): the classes start apart in the latent, which makes a much better classifier
+        (MNIST, 10 epochs: accuracy 0.85 -> 0.93-0.94) at some cost in bits/dim; ``0``
+        starts every class at the same mean.
       **kwargs: these keyword options
         (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 
@@ -64,7 +70,7 @@ class RealNVP(Preset):
         mask: str = "half",
         **kwargs: Unpack[LogitPresetOptions],
     ):
-        options = SharedOptions.pop(kwargs)
+        options = SharedOptions.pop(kwargs, conditioning="prior")
         hp = dict(num_couplings=num_couplings, hidden_units=hidden_units, activation=activation,
                   scale=scale, prior=prior, mask=mask)
         base, steps, own_config = vector_flow(

@@ -110,7 +110,8 @@ class RealNVPImage(MultiScale, Preset):
       l2: L2 penalty on the weight-norm gains (RealNVP: ``5e-5``); it is added to the loss.
       prior: ``"normal"`` (the paper) or ``"logistic"``.
       data_scale, data_low, logit_alpha: preprocessing as in :class:`RealNVP`.
-      num_classes, context_shape, conditioning: a conditional flow, as in :class:`RealNVP`.
+      num_classes, context_shape, conditioning, class_mean_stddev: a conditional flow, as in
+        :class:`RealNVP`.
       **kwargs: these keyword options
         (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 

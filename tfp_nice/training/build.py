@@ -59,6 +59,8 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
         kwargs["num_classes"] = int(num_classes)
         if cfg.conditioning is not None:
             kwargs["conditioning"] = cfg.conditioning
+        if cfg.class_mean_stddev is not None:
+            kwargs["class_mean_stddev"] = cfg.class_mean_stddev
     scope = (precision.policy_scope(cfg.mixed_precision) if cfg.mixed_precision
              else contextlib.nullcontext())
     with scope:

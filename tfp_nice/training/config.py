@@ -46,7 +46,7 @@ _VECTOR_ONLY = ("num_couplings", "hidden_units")
 #: Fields left out of ``run.json`` while at their default, so runs written before they
 #: existed keep matching the same configuration.
 _OMITTED_AT_DEFAULT = (*_IMAGE_ONLY, "time_limit", "memory_saving", "conditional",
-                       "conditioning", "mixed_precision")
+                       "conditioning", "class_mean_stddev", "mixed_precision")
 
 
 @dataclasses.dataclass
@@ -59,7 +59,8 @@ class TrainConfig:
     (activations recomputed from outputs: memory flat in depth, under XLA too).
     ``conditional`` trains ``p(x | label)`` on the data's class labels (``num_classes``
     from the data); ``conditioning`` says where the label acts (``"couplings"``,
-    ``"prior"`` or ``"both"``; ``None``: per-model default).
+    ``"prior"`` or ``"both"``; ``None``: per-model default); ``class_mean_stddev`` is the
+    spread of the prior's random initial class means (``None``: the presets' default).
     ``mixed_precision`` (``"bfloat16"`` or ``"float16"``) runs the conditioners under that
     Keras mixed policy; the flow stays float32.
 
@@ -86,6 +87,7 @@ class TrainConfig:
     memory_saving: bool = False
     conditional: bool = False
     conditioning: str | None = None
+    class_mean_stddev: float | None = None
     mixed_precision: str | None = None
 
     def __post_init__(self):
@@ -118,9 +120,13 @@ class TrainConfig:
                              f"conditional={self.conditional!r}")
         if self.conditioning is not None:
             check_choice(self.conditioning, CONDITIONINGS, "conditioning")
-            if not self.conditional:
-                raise ValueError("`conditioning` applies to conditional runs only (set "
-                                 f"conditional=True). Received: conditioning={self.conditioning!r}")
+        if self.class_mean_stddev is not None:
+            self.class_mean_stddev = check_number(self.class_mean_stddev, "class_mean_stddev",
+                                                  0.0, 1e6, what="a float in [0, 1e6]")
+        for name in ("conditioning", "class_mean_stddev"):
+            if getattr(self, name) is not None and not self.conditional:
+                raise ValueError(f"`{name}` applies to conditional runs only (set "
+                                 f"conditional=True). Received: {name}={getattr(self, name)!r}")
         if self.mixed_precision is not None:
             check_choice(self.mixed_precision, MIXED_PRECISIONS, "mixed_precision")
         if self.value_range is not None:

@@ -480,7 +480,7 @@ def test_conditional_fields_stay_out_of_run_json_at_their_defaults(capsys):
 
 
 @pytest.mark.parametrize("model, flags, conditioning, spread", [
-    ("realnvp", {}, "prior", 1.5), ("nice", {}, "prior", 1.5), ("glow", {}, "both", 1.5),
+    ("realnvp", {}, "prior", None), ("nice", {}, "prior", None), ("glow", {}, "both", None),
     ("realnvp", {"conditioning": "both", "class_mean_stddev": 0.0}, "both", 0.0)])
 def test_conditional_runs_build_the_presets_prior(model, flags, conditioning, spread):
     from tfp_nice.data.spec import DataSpec

@@ -206,33 +206,39 @@ def _prior_means(model, k):
 
 
 @pytest.mark.parametrize("make, default", [
-    (lambda **kw: tn.NICE([6], hidden_units=(8,), **kw), "prior"),
-    (lambda **kw: tn.RealNVP([6], num_couplings=2, hidden_units=(8,), **kw), "prior"),
-    (lambda **kw: tn.NSF([6], num_couplings=2, hidden_units=(8,), **kw), "prior"),
-    (lambda **kw: tn.RealNVPImage([4, 4, 1], num_scales=1, num_blocks=1, filters=4, **kw),
+    (lambda d, **kw: tn.NICE([d * d], hidden_units=(8,), **kw), "prior"),
+    (lambda d, **kw: tn.RealNVP([d * d], num_couplings=2, hidden_units=(8,), **kw), "prior"),
+    (lambda d, **kw: tn.NSF([d * d], num_couplings=2, hidden_units=(8,), **kw), "prior"),
+    (lambda d, **kw: tn.RealNVPImage([d, d, 1], num_scales=1, num_blocks=1, filters=4, **kw),
      "both"),
-    (lambda **kw: tn.Glow([4, 4, 1], num_levels=1, num_steps=1, filters=4, **kw), "both"),
+    (lambda d, **kw: tn.Glow([d, d, 1], num_levels=1, num_steps=1, filters=4, **kw), "both"),
 ])
 def test_class_conditional_presets_start_their_class_means_apart(make, default):
+    """By default the means are spread (stddev 1.5) on latents of 64 units or more (8x8) and
+    start at 0 below (4x4); an explicit class_mean_stddev holds at any size."""
     keras.utils.set_random_seed(0)
-    model = make(num_classes=3)
+    model = make(8, num_classes=3)
     config = model.get_config()
-    assert config["conditioning"] == default and config["class_mean_stddev"] == 1.5
+    assert config["conditioning"] == default and config["class_mean_stddev"] is None
     means = _prior_means(model, 3).numpy()
-    assert np.std(means) > 0.5 and np.all(np.abs(means[0] - means[1]).max() > 0.5)
+    assert np.std(means) == pytest.approx(1.5, rel=0.25)
+    assert np.abs(means[0] - means[1]).max() > 0.5
     clone = type(model).from_config(config)
     assert clone.get_config() == config
-    flat = make(num_classes=3, class_mean_stddev=0.0)
+    flat = make(8, num_classes=3, class_mean_stddev=0.0)
     assert flat.get_config()["class_mean_stddev"] == 0.0
     np.testing.assert_array_equal(_prior_means(flat, 3), np.zeros_like(means))
+    np.testing.assert_array_equal(_prior_means(make(4, num_classes=3), 3), np.zeros([3, 16]))
+    small = _prior_means(make(4, num_classes=3, class_mean_stddev=1.5), 3).numpy()
+    assert np.std(small) > 0.5
 
 
 def test_vector_contexts_start_at_the_identity_and_bad_spreads_are_refused():
     model = tn.RealNVP([4], num_couplings=2, hidden_units=(8,), context_shape=[3])
     assert "class_mean_stddev" not in model.get_config()
     np.testing.assert_array_equal(_prior_means(model, 3), np.zeros([3, 4]))
-    with pytest.raises(ValueError, match=r"`class_mean_stddev` must be a float >= 0. "
-                                         r"Received: class_mean_stddev=-0.5"):
+    with pytest.raises(ValueError, match=r"`class_mean_stddev` must be a float >= 0 \(or None: "
+                                         r"by latent size\). Received: class_mean_stddev=-0.5"):
         tn.RealNVP([4], num_couplings=2, hidden_units=(8,), num_classes=3,
                    class_mean_stddev=-0.5)
 

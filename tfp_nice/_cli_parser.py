@@ -155,8 +155,8 @@ def _train_run_args(t, strategies, conditionings, mixed_precisions) -> None:
                         "of nice, realnvp, nsf) or both (default of realnvp-image, glow)")
     t.add_argument("--class-mean-stddev", type=float, default=None, metavar="S",
                    help="with --conditional and a conditioned prior: the spread of the random "
-                        "initial class means (FlowGMM; default 1.5; 0 starts every class at "
-                        "the same latent mean)")
+                        "initial class means (FlowGMM; default: 1.5 for data of 64 values or "
+                        "more, else 0; 0 starts every class at the same latent mean)")
     t.add_argument("--no-export", action="store_true",
                    help="skip writing the TF Serving SavedModel RUN_DIR/saved_model/1/")
 

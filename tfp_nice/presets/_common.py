@@ -73,9 +73,15 @@ class Preset(FlowModel):
 CONDITIONINGS = ("couplings", "prior", "both")
 
 #: The spread of the random initial class means of a class-conditional prior (FlowGMM's
-#: initialisation, :class:`~tfp_nice.ContextAffine` ``mean_stddev``); measured in
-#: ``bench/conditional_mnist_sweep.md``.
+#: initialisation, :class:`~tfp_nice.ContextAffine` ``mean_stddev``) when it is left to the
+#: preset (``class_mean_stddev=None``) and the latent has at least ``SPREAD_MIN_UNITS`` units;
+#: measured in ``bench/conditional_mnist_sweep.md``.
 CLASS_MEAN_STDDEV = 1.5
+#: Random means help where they are nearly orthogonal to the data (the digits' 64 units,
+#: MNIST's 784); on 2-D data they can land on another class's side, which a flow must undo
+#: (a two-cluster toy: accuracy 0.74-1.0 and 1.5-4.0 bits/dim over 5 seeds, against 1.0 and
+#: 2.25 without). Smaller latents start every class at 0.
+SPREAD_MIN_UNITS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +92,7 @@ class Conditioning:
     as constant feature maps). ``prior``: a :class:`~tfp_nice.ContextAffine` step nearest the
     latent gives each class (context) its own latent mean and scale (FlowGMM); the couplings
     are shared and unconditioned. ``both``: the two. Class means start apart, drawn
-    ``N(0, class_mean_stddev^2 I)`` (FlowGMM's initialisation; vector contexts start at 0).
+    ``N(0, class_mean_stddev^2 I)`` (FlowGMM's initialisation; :meth:`spread`).
     Defaults: ``prior`` for the vector presets (with the spread, the best classifier on the
     digits and MNIST, ``bench/conditional_mnist_sweep.md``), ``both`` for the image presets.
     """
@@ -94,14 +100,15 @@ class Conditioning:
     num_classes: int | None = None
     context_shape: tuple[int, ...] | None = None
     where: str = "both"
-    class_mean_stddev: float = CLASS_MEAN_STDDEV
+    class_mean_stddev: float | None = None
 
     @classmethod
     def from_args(cls, num_classes, context_shape, conditioning: str,
-                  class_mean_stddev: float = CLASS_MEAN_STDDEV) -> Conditioning:
+                  class_mean_stddev: float | None = None) -> Conditioning:
         check_choice(conditioning, CONDITIONINGS, "conditioning")
-        class_mean_stddev = check_number(class_mean_stddev, "class_mean_stddev", low=0.0,
-                                         what="a float >= 0")
+        if class_mean_stddev is not None:
+            class_mean_stddev = check_number(class_mean_stddev, "class_mean_stddev", low=0.0,
+                                             what="a float >= 0 (or None: by latent size)")
         shape = None if context_shape is None else tuple(context_shape)
         return cls(num_classes, shape, conditioning, class_mean_stddev)
 
@@ -117,9 +124,20 @@ class Conditioning:
     def prior_steps(self, latent_shape: Sequence[int]) -> list:
         """``[ContextAffine]`` nearest the latent when the prior is conditioned, else ``[]``."""
         if self.conditional and self.where in ("prior", "both"):
-            spread = self.class_mean_stddev if self.num_classes is not None else 0.0
-            return [ContextAffine(list(latent_shape), mean_stddev=spread, name="context_prior")]
+            return [ContextAffine(list(latent_shape), mean_stddev=self.spread(latent_shape),
+                                  name="context_prior")]
         return []
+
+    def spread(self, latent_shape: Sequence[int]) -> float:
+        """The initial class means' stddev: ``class_mean_stddev``, or by default
+        ``CLASS_MEAN_STDDEV`` for latents of at least ``SPREAD_MIN_UNITS`` units, else 0;
+        0 for vector contexts."""
+        if self.num_classes is None:
+            return 0.0
+        if self.class_mean_stddev is not None:
+            return self.class_mean_stddev
+        big = int(np.prod(latent_shape)) >= SPREAD_MIN_UNITS
+        return CLASS_MEAN_STDDEV if big else 0.0
 
     def model_kwargs(self) -> dict:
         """``FlowModel`` arguments (``num_classes`` / ``context_shape``)."""
@@ -150,14 +168,15 @@ class PresetOptions(TypedDict, total=False):
     (:class:`~tfp_nice.NICE`), a conditional flow (:class:`~tfp_nice.RealNVP`), and
     ``FlowModel`` / ``keras.Model`` arguments. Defaults: ``data_scale=None, data_low=0.0,
     num_classes=None, context_shape=None, conditioning="prior"`` (vector presets) or
-    ``"both"`` (image presets), ``class_mean_stddev=1.5``."""
+    ``"both"`` (image presets), ``class_mean_stddev=None`` (1.5 for latents of 64 units or
+    more, else 0)."""
 
     data_scale: float | None
     data_low: float
     num_classes: int | None
     context_shape: Sequence[int] | None
     conditioning: str
-    class_mean_stddev: float
+    class_mean_stddev: float | None
     memory_saving: bool
     name: str
     trainable: bool
@@ -197,7 +216,7 @@ class SharedOptions:
         cond = Conditioning.from_args(kwargs.pop("num_classes", None),
                                       kwargs.pop("context_shape", None),
                                       kwargs.pop("conditioning", conditioning),
-                                      kwargs.pop("class_mean_stddev", CLASS_MEAN_STDDEV))
+                                      kwargs.pop("class_mean_stddev", None))
         return cls(data_scale, kwargs.pop("data_low", 0.0), logit_alpha, takes_logit, cond)
 
     def data_steps(self) -> list:

@@ -43,10 +43,11 @@ class RealNVP(Preset):
         Bayes classifier on the digits and MNIST, ``bench/conditional_mnist_sweep.md``) or
         ``"both"`` (the image presets' default).
       class_mean_stddev: with class labels and a conditioned prior, the class means start at
-        random, ``mu_c ~ N(0, class_mean_stddev^2 I)`` (FlowGMM's initialisation; default
-        1.5): the classes start apart in the latent, which makes a much better classifier
-        (MNIST, 10 epochs: accuracy 0.85 -> 0.93-0.94) at some cost in bits/dim; ``0``
-        starts every class at the same mean.
+        random, ``mu_c ~ N(0, class_mean_stddev^2 I)`` (FlowGMM's initialisation): the classes
+        start apart in the latent, which makes a much better classifier (MNIST, 10 epochs:
+        accuracy 0.85 -> 0.93-0.95) at some cost in bits/dim; ``0`` starts every class at the
+        same mean. Default ``None``: 1.5 for latents of 64 units or more, else 0 (on 2-D data
+        random means can land on another class's side).
       **kwargs: these keyword options
         (:class:`~tfp_nice.presets._common.LogitPresetOptions`) and ``keras.Model`` arguments.
 

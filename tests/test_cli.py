@@ -493,9 +493,32 @@ def test_conditional_runs_build_the_presets_prior(model, flags, conditioning, sp
     assert (config["conditioning"], config["class_mean_stddev"]) == (conditioning, spread)
 
 
+def test_conditioner_option_picks_realnvp_images_coupling_networks():
+    import tensorflow_probability as tfp
+
+    from tfp_nice.data.spec import DataSpec
+    from tfp_nice.training import TrainConfig, build_model
+
+    tfb = tfp.bijectors
+    spec = DataSpec("x", (8, 8, 1), 256, 0.0, 255.0)
+    for name, kind in (("conv", tn.ConvConditioner), ("resnet", tn.ResNetConditioner)):
+        model = build_model(TrainConfig(model="realnvp-image", conditioner=name, filters=4), spec)
+        nets = {type(b.conditioner) for b in tn.graph.walk(tfb.Chain(model.steps))
+                if isinstance(b, tn.AffineCoupling)}
+        assert nets == {kind} and model.get_config()["conditioner"] == name
+    with pytest.raises(ValueError, match="`conditioner` applies to model 'realnvp-image' only"):
+        TrainConfig(model="glow", conditioner="conv")
+    with pytest.raises(ValueError, match="`conditioner` must be one of.*'mlp'"):
+        TrainConfig(model="realnvp-image", conditioner="mlp")
+    with pytest.raises(ValueError, match="'conv' conditioner has none.*num_blocks=2"):
+        TrainConfig(model="realnvp-image", conditioner="conv", num_blocks=2)
+    assert "conditioner" not in TrainConfig(model="realnvp-image").to_dict()
+
+
 def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
-    """28x28 / 32x32: realnvp-image 3 scales x 1 block x 16 filters, Glow L=2 (28) or 3 (32),
-    K=8, 32 filters, both without XLA; the 8x8 digits keep their sizes and XLA."""
+    """28x28 / 32x32: realnvp-image 3 scales, Glow's plain conv networks of 16 base filters at
+    Adam 2e-3, Glow L=2 (28) or 3 (32), K=8, 32 filters, both without XLA; the 8x8 digits keep
+    RealNVP's ResNet (2 blocks x 16 filters, Adam 1e-3) and XLA."""
     from tfp_nice.data.spec import DataSpec
     from tfp_nice.training.config import TrainConfig, default_hparams
 
@@ -504,12 +527,15 @@ def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
         return default_hparams(TrainConfig(model=model), spec)
 
     mnist, cifar, digits = [28, 28, 1], [32, 32, 3], [8, 8, 1]
-    got = {k: hp("realnvp-image", mnist)[k] for k in ("num_scales", "num_blocks", "filters",
-                                                      "jit_compile")}
-    assert got == {"num_scales": 3, "num_blocks": 1, "filters": 16, "jit_compile": False}
+    keys = ("num_scales", "filters", "conditioner", "learning_rate", "jit_compile")
+    got = {k: hp("realnvp-image", mnist)[k] for k in keys}
+    assert got == {"num_scales": 3, "filters": 16, "conditioner": "conv", "learning_rate": 2e-3,
+                   "jit_compile": False}
     assert hp("realnvp-image", cifar)["num_scales"] == 3
-    assert (hp("realnvp-image", digits)["num_blocks"], hp("realnvp-image", digits)["jit_compile"]
-            ) == (2, True)
+    small = hp("realnvp-image", digits)
+    assert {k: small[k] for k in ("num_blocks", "conditioner", "learning_rate", "jit_compile")
+            } == {"num_blocks": 2, "conditioner": "resnet", "learning_rate": 1e-3,
+                  "jit_compile": True}
     g = hp("glow", mnist)
     assert (g["num_scales"], g["num_blocks"], g["filters"], g["learning_rate"],
             g["jit_compile"]) == (2, 8, 32, 2e-3, False)

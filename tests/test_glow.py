@@ -207,9 +207,10 @@ _Counting = counting(tn.ConvConditioner)
 
 
 def test_one_conditioner_call_per_glow_coupling_per_log_prob(monkeypatch):
-    from tfp_nice.presets import glow
+    from tfp_nice.presets import _image, glow
 
     monkeypatch.setattr(glow, "ConvConditioner", _Counting)
+    monkeypatch.setattr(_image, "ConvConditioner", _Counting)  # the split prior's network
     model = _tiny_glow()
     x = tf.constant(np.random.default_rng(2).uniform(0, 16.9, [4, 8, 8, 1]), tf.float32)
     _Counting.total = 0

@@ -370,3 +370,5 @@ def test_time_limit_counts_the_training_time_of_earlier_sessions(tmp_path, kille
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["time_limit_reached"] is True and metrics["epochs"] == 4
     assert metrics["train_seconds"] >= 61.0
+    with open(out / "history.csv") as f:  # the learning rate's decay ended with the budget too
+        assert float(list(csv.DictReader(f))[-1]["learning_rate"]) == 0.0

@@ -77,6 +77,8 @@ def _train_parser(sub) -> None:
     """``train``'s flags for the model, the data and the optimisation."""
     from tfp_nice.training.config import (
         CONDITIONINGS,
+        IMAGE_CONDITIONERS,
+        LR_DECAYS,
         MIXED_PRECISIONS,
         MODEL_NAMES,
         STRATEGIES,
@@ -101,6 +103,11 @@ def _train_parser(sub) -> None:
                         "which single-device runs use); ~1.2-1.3x the step time")
     t.add_argument("--batch-size", type=_int_in(1, 10**6), default=64)
     t.add_argument("--learning-rate", type=_float_in(), default=None)
+    t.add_argument("--lr-decay", default=None, choices=list(LR_DECAYS),
+                   help="how the learning rate falls to 0 over the run, to the end of "
+                        "--time-limit (or of --epochs without one): cooldown (constant, then "
+                        "linear over the last 20%%), linear, cosine, or none: constant "
+                        "(default: cooldown with --time-limit, else none)")
     t.add_argument("--num-couplings", type=_int_in(1, 10**4), default=None)
     t.add_argument("--hidden-units", type=_units, default=None, help="e.g. 256,256")
     t.add_argument("--num-scales", type=_int_in(1, 16), default=None,
@@ -114,6 +121,11 @@ def _train_parser(sub) -> None:
                    help="realnvp-image: feature maps at the first scale (default: 16); "
                         "glow: width of the coupling "
                         "networks (default: 32)")
+    t.add_argument("--conditioner", default=None, choices=list(IMAGE_CONDITIONERS),
+                   help="realnvp-image: the coupling networks: resnet (RealNVP's residual net, "
+                        "weight-normalised; default up to 16x16 pixels) or conv (Glow's plain "
+                        "3x3-1x1-3x3 net; default on larger images, where on CPU it learns "
+                        "faster per minute)")
     t.add_argument("--patience", type=_int_in(1, 10**6), default=None,
                    help="early-stopping patience in epochs (default: epochs/4)")
     t.add_argument("--value-range", type=_range, default=None,

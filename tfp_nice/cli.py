@@ -56,10 +56,11 @@ def _train(args) -> int:
 
     cfg = TrainConfig(
         model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, num_couplings=args.num_couplings,
+        learning_rate=args.learning_rate, lr_decay=args.lr_decay, num_couplings=args.num_couplings,
         hidden_units=args.hidden_units, seed=args.seed, strategy=args.strategy,
         patience=args.patience, value_range=args.value_range, num_levels=args.num_levels,
         num_scales=args.num_scales, num_blocks=args.num_blocks, filters=args.filters,
+        conditioner=args.conditioner,
         time_limit=args.time_limit, memory_saving=args.memory_saving,
         conditional=args.conditional, conditioning=args.conditioning,
         class_mean_stddev=args.class_mean_stddev,

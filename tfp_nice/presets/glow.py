@@ -10,10 +10,16 @@ from typing_extensions import Unpack
 
 from tfp_nice import _math, masks
 from tfp_nice._internal.checks import check_choice, check_int
-from tfp_nice.bijectors import ActNorm, AffineCoupling, FactorOut, Invertible1x1Conv, Squeeze
+from tfp_nice.bijectors import ActNorm, FactorOut, Invertible1x1Conv, Squeeze
 from tfp_nice.layers import ActNormLayer, ConvConditioner, Invertible1x1ConvLayer
 from tfp_nice.presets._common import LogitPresetOptions, Preset, SharedOptions
-from tfp_nice.presets._image import IMAGE_COUPLINGS, image_coupling, image_event_shape, image_flow
+from tfp_nice.presets._image import (
+    IMAGE_COUPLINGS,
+    image_coupling,
+    image_event_shape,
+    image_flow,
+    split_prior_coupling,
+)
 from tfp_nice.presets._multiscale import MultiScale
 
 tfb = tfp.bijectors
@@ -112,20 +118,6 @@ def glow_defaults(event_shape: Sequence[int]) -> dict:
             "split_prior": True}
 
 
-def _split_prior(shape: list, name: str, conditional: bool = False) -> AffineCoupling:
-    """Glow's learned prior of the factored-out half, ``N(mu(x1), sigma(x1)^2)``, as an affine
-    coupling whose inverse standardises the second half of the channels given the first
-    (a zero-initialised ``3x3`` convolution; identity at start).
-
-    ``log sigma = c * tanh(h)`` (learned ``c``), not Glow's unbounded ``h``: it is the one
-    data-dependent scale of the flow, and with ``exp`` wider models trained at Adam 2e-3
-    jumped to 2-3 bits/dim on held-out data now and then (28x28 MNIST, K=8, 48 or 64 filters).
-    """
-    net = ConvConditioner(2 * shape[-1], filters=(), kernel_size=3, name=f"{name}_net")
-    return AffineCoupling(net, mask=masks.channel(shape), scale="tanh",
-                          conditioner_input="masked", name=name, conditional=conditional)
-
-
 def _level_steps(hwc: list, i: int, hp: dict) -> list:
     """Level ``i`` (data side first): squeeze, K steps, split (later levels nested), unsqueeze."""
     h, w, c = hwc
@@ -136,7 +128,7 @@ def _level_steps(hwc: list, i: int, hp: dict) -> list:
                            conditional=hp["conditional"])
     if i < hp["num_levels"] - 1:
         if hp["split_prior"]:
-            steps.append(_split_prior(shape, f"l{i}_split_prior", hp["conditional"]))
+            steps.append(split_prior_coupling(shape, f"l{i}_split_prior", hp["conditional"]))
         inner = tfb.Chain(_level_steps([h // 2, w // 2, 2 * c], i + 1, hp), name=f"l{i + 1}")
         steps.append(FactorOut(inner, num_kept=2 * c, name=f"l{i}_split"))
     steps.append(Squeeze(2, name=f"l{i}_unsqueeze"))

@@ -37,6 +37,8 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
     hp = default_hparams(cfg, spec)
     if cfg.model in IMAGE_MODELS:
         kwargs: dict[str, Any] = {k: hp[k] for k in _IMAGE_ONLY}
+        if cfg.model == "realnvp-image":
+            kwargs["conditioner"] = hp["conditioner"]
         if cfg.model == "glow":  # L levels, K steps per level; glow_defaults' recipe
             kwargs = dict(num_levels=hp["num_scales"], num_steps=hp["num_blocks"],
                           filters=hp["filters"], scale="tanh", split_prior=True)

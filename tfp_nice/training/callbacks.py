@@ -21,7 +21,8 @@ from tfp_nice._internal import faults, files
 from tfp_nice.training import checkpoints
 from tfp_nice.training.run_dir import RunError
 
-__all__ = ["BestWeights", "Guard", "HistoryFile", "EpochCheckpoint", "read_history"]
+__all__ = ["BestWeights", "Guard", "HistoryFile", "EpochCheckpoint", "LearningRateDecay",
+           "decay_factor", "read_history"]
 
 
 def _finite(logs: dict | None) -> bool:
@@ -135,6 +136,60 @@ class Guard(keras.callbacks.Callback):
                 self.diverged = (epoch + 1, key, float(value))
         if self.diverged:
             self.model.stop_training = True
+
+
+#: The last fraction of the run over which ``"cooldown"`` takes the rate to 0.
+COOLDOWN_FRACTION = 0.2
+
+
+def decay_factor(shape: str, progress: float) -> float:
+    """The learning rate's fraction of its starting value at ``progress`` in ``[0, 1]`` of the
+    run: ``"none"`` 1; ``"linear"`` ``1 - p``; ``"cosine"`` ``(1 + cos(pi p)) / 2``;
+    ``"cooldown"`` 1, then linear to 0 over the last :data:`COOLDOWN_FRACTION` of the run
+    (constant rate with a cooldown: Hägele et al. 2024, *Scaling laws and compute-optimal
+    training beyond fixed training durations*)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    if shape == "cooldown":
+        return min(1.0, (1.0 - p) / COOLDOWN_FRACTION)
+    if shape == "linear":
+        return 1.0 - p
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    return 1.0
+
+
+class LearningRateDecay(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate before every batch to ``base_lr *``
+    :func:`decay_factor` ``(shape, progress)``: with a time budget ``progress`` is the
+    ``guard``'s training seconds (earlier sessions included, so a resumed run continues the
+    same schedule) over the budget; without one it is the batches done over ``epochs`` of
+    ``params["steps"]`` batches. The rate in use ends each epoch's logs (``learning_rate``,
+    a column of ``history.csv``)."""
+
+    def __init__(self, base_lr: float, shape: str, guard: Guard):
+        super().__init__()
+        self.base_lr, self.shape, self.guard = float(base_lr), shape, guard
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def progress(self, batch: int) -> float:
+        """The run's progress in ``[0, 1]`` before ``batch`` of the current epoch."""
+        if self.guard.time_limit is not None:
+            return self.guard.elapsed / self.guard.time_limit
+        steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
+        if not steps or not epochs:
+            return 0.0
+        return (self._epoch * steps + batch) / (epochs * steps)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr = self.base_lr * decay_factor(self.shape, self.progress(batch))
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

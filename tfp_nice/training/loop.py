@@ -46,6 +46,7 @@ from tfp_nice.training.callbacks import (
     EpochCheckpoint,
     Guard,
     HistoryFile,
+    LearningRateDecay,
     read_history,
 )
 from tfp_nice.training.config import TrainConfig, default_hparams
@@ -230,12 +231,15 @@ def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose, strate
     best = BestWeights(run.work_dir, run.hp["patience"], guard)
     history = HistoryFile(os.path.join(run.work_dir, "history.csv"),
                           read_history(os.path.join(run.work_dir, "history.csv"), done))
-    callbacks = [guard, history, best, EpochCheckpoint(run.checkpoints, guard, best),
+    decay = ([] if run.hp["lr_decay"] == "none" else
+             [LearningRateDecay(run.hp["learning_rate"], run.hp["lr_decay"], guard)])
+    callbacks = [guard, *decay, history, best, EpochCheckpoint(run.checkpoints, guard, best),
                  keras.callbacks.TensorBoard(os.path.join(run.work_dir, "logs"))]
     run.say(f"Training {cfg.model} ({model.count_params():,} parameters) on {spec.name} "
             f"{list(spec.event_shape)}: {len(run.splits.train)} train / "
             f"{len(run.splits.validation)} validation / {len(run.splits.test)} test examples, "
-            f"up to {run.hp['epochs']} epochs")
+            + (f"until the {cfg.time_limit:g}-minute time limit" if cfg.epochs is None
+               and cfg.time_limit is not None else f"up to {run.hp['epochs']} epochs"))
     # A conditional run trains p(x | label) on (x, label) pairs.
     train_labels, val_labels = ((run.splits.train_labels, run.splits.validation_labels)
                                 if cfg.conditional else (None, None))

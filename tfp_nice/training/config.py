@@ -229,7 +229,14 @@ def default_hparams(cfg: TrainConfig, spec) -> dict:
       spec: the data's :class:`tfp_nice.data.DataSpec`.
     """
     if cfg.model in IMAGE_MODELS:
-        return {**_image_hparams(cfg, spec), "lr_decay": _lr_decay(cfg)}
+        hp = _image_hparams(cfg, spec)
+    else:
+        hp = _vector_hparams(cfg, spec)
+    return {**hp, "lr_decay": _lr_decay(cfg)}
+
+
+def _vector_hparams(cfg: TrainConfig, spec) -> dict:
+    """Defaults of the vector models (``nice``, ``realnvp``, ``nsf``)."""
     small = spec.num_dims <= 16
     if cfg.model == "nice":
         couplings, hidden = 4, ((64, 64) if small else (256,) * 4)
@@ -242,7 +249,6 @@ def default_hparams(cfg: TrainConfig, spec) -> dict:
         "hidden_units": tuple(cfg.hidden_units or hidden),
         "learning_rate": cfg.learning_rate or 1e-3,
         **_epochs(cfg, 60 if small else 150),
-        "lr_decay": _lr_decay(cfg),
     }
 
 

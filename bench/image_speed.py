@@ -4,6 +4,7 @@ Run from the repo root (several minutes; record the machine load with the number
     python bench/image_speed.py                  # MNIST file, CLI defaults of each --models
     python bench/image_speed.py --quick          # smoke test: 8x8 digits, tiny sizes, < 1 min
     python bench/image_speed.py --models glow --modes function,jit --rounds 5
+    python bench/image_speed.py --modes function --threads 1 --out bench/image_speed_1thread
 In ONE process, per model (built by `tfp_nice.training.build_model` at the CLI defaults,
 `default_hparams`), every config runs the same training step (Adam, loss and gradient of all
 trainable weights) on the same batches (the CLI's `as_dataset` pipeline, dequantized):
@@ -12,11 +13,17 @@ trainable weights) on the same batches (the CLI's `as_dataset` pipeline, dequant
   fit        the flow under `keras.Model.fit` (the CLI's path: data pipeline, callbacks);
   floor      (a) the compute floor: the same conditioner networks as plain Keras `Conv2D`
              layers (weight norm dropped), fed inputs of the shapes the couplings give them,
-             outputs summed into a scalar loss; `floor_fit` trains it with `fit`;
+             outputs summed into a scalar loss; `floor_fit` trains it with `fit`. The networks
+             are independent, so the runtime overlaps them two at a time on 2 cores;
+  floor_chain  the same networks in the flow's order, each one's input waiting for the previous
+             one's output (its mean added) and its input gradient computed, as in the flow and
+             in any model whose networks feed each other: the floor of a deep model;
   floor_wn   the flow's own conditioner layers (weight norm and all) on the same inputs;
   skeleton   the flow with every conditioner replaced by a tile of its input (no convolution):
              masks, log-det bookkeeping, squeeze/factor-out, normalisation, prior;
   skeleton_no_norm  the same without the normalisation steps (realnvp-image only);
+  no_norm / no_logit / no_update  ablations of the flow: without its normalisation steps
+             (realnvp-image), without the logit preprocessing, without the optimizer update;
   gauge      (b) a 3x3 64->64 convolution's forward + backward: the machine's conv peak.
 Modes: eager, `tf.function`, `tf.function(jit_compile=True)`; eager and XLA time the flow, the
 floor and the gauge only (XLA compiles of a full-size flow take minutes on 2 cores).
@@ -24,7 +31,8 @@ Each config is warmed up untimed; then `--rounds` rounds time `--steps` steps of
 the start rotated each round; a round gives the median step, tables the median over rounds.
 Part breakdown (function mode): conv = floor; weight norm = floor_wn - floor; normalisation =
 skeleton - skeleton_no_norm; bookkeeping = skeleton_no_norm; overlap = flow - floor_wn -
-skeleton; fit loop = fit - flow. Writes bench/image_speed.{json,md} (or --out).
+skeleton; fit loop = fit - flow; dependency = floor_chain - floor; each ablation = flow minus
+it. Writes bench/image_speed.{json,md} (or --out).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ def _parse(argv):
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (5)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (3; quick 1)")
     p.add_argument("--modes", default=None, help="comma list of eager,function,jit")
+    p.add_argument("--threads", type=int, default=None,
+                   help="TF inter- and intra-op threads (default: TF's, one per core)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "image_speed"))
     a = p.parse_args(argv)
@@ -70,6 +80,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+if ARGS.threads:  # before TF runs anything; 1: the total work of a step, on one core
+    tf.config.threading.set_inter_op_parallelism_threads(ARGS.threads)
+    tf.config.threading.set_intra_op_parallelism_threads(ARGS.threads)
 
 import tfp_nice as tn  # noqa: E402
 from tfp_nice import data as data_lib  # noqa: E402
@@ -94,6 +108,18 @@ class Floor(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return self(x) if y_pred is None else y_pred
+
+
+class FloorChain(Floor):
+    """:class:`Floor` with the networks run in order, each input waiting for the previous output."""
+
+    def call(self, x, training=None):
+        del x
+        prev, means = 0.0, []
+        for n, i in zip(self.nets, self.inputs_):
+            prev = tf.reduce_mean(n(i + prev))
+            means.append(prev)
+        return tf.add_n(means)
 
 
 class TileNet(keras.layers.Layer):
@@ -163,7 +189,7 @@ def _skeleton(model, **changes):
     return flow
 
 
-def _step_fn(model, mode):
+def _step_fn(model, mode, update=True):
     opt = keras.optimizers.Adam(1e-4)
     opt.build(model.trainable_variables)
 
@@ -171,6 +197,8 @@ def _step_fn(model, mode):
         with tf.GradientTape() as tape:
             loss = model.compute_loss(x=x, y_pred=model(x, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
+        if not update:  # the gradients are still computed (and waited for)
+            return loss + tf.add_n([tf.reduce_sum(g) for g in grads]) * 0.0
         opt.apply(grads, model.trainable_variables)
         return loss
 
@@ -244,13 +272,18 @@ def build_configs(name, args, splits):
     shapes = [(*b.mask.event_shape[:2], b.mask.event_shape[2] + 1) for b in couplings]
     floor = Floor([_plain_mirror(b.conditioner) for b in couplings], shapes, batch)
     floor_wn = Floor([b.conditioner for b in couplings], shapes, batch)
+    floor_chain = FloorChain([_plain_mirror(b.conditioner) for b in couplings], shapes, batch)
     floor(batches[0])
+    floor_chain(batches[0])
     info["conv_gflop_per_step"] = _conv_flops(floor, batch) / 1e9
     skeletons = {"skeleton": prepared(_skeleton(model))}
     if name == "realnvp-image":
         skeletons["skeleton_no_norm"] = prepared(_skeleton(model, normalization="none"))
     fit_ds = data_lib.as_dataset(splits.train, spec, batch, training=True, seed=0).repeat()
     floor_ds = tf.data.Dataset.from_tensors(batches[0]).repeat()
+    ablations = {"no_logit": prepared(_flow_variant(model, logit_alpha=None))}
+    if name == "realnvp-image":
+        ablations["no_norm"] = prepared(_flow_variant(model, normalization="none"))
     gather = prepared(_flow_variant(model))
     for b in _couplings(gather):  # the gather/merge form the elementwise one replaced
         b._elementwise_masked = False
@@ -264,6 +297,10 @@ def build_configs(name, args, splits):
             continue
         configs[("flow_gather", mode)] = _loop_timer(_step_fn(gather, mode), batches)
         configs[("floor_wn", mode)] = _loop_timer(_step_fn(floor_wn, mode), batches)
+        configs[("floor_chain", mode)] = _loop_timer(_step_fn(floor_chain, mode), batches)
+        configs[("no_update", mode)] = _loop_timer(_step_fn(model, mode, update=False), batches)
+        for key, m in ablations.items():
+            configs[(key, mode)] = _loop_timer(_step_fn(m, mode), batches)
         for key, m in skeletons.items():
             configs[(key, mode)] = _loop_timer(_step_fn(m, mode), batches)
         configs[("fit", mode)] = _fit_timer(_flow_variant_for_fit(model, batches), mode, fit_ds)
@@ -296,7 +333,7 @@ def summarise(info, timings, batch):
     rows = []
     for (config, mode), t in timings.items():
         row = {"config": config, "mode": mode, **t, "img_s": batch / t["median_s"]}
-        if config in ("floor", "floor_fit"):
+        if config in ("floor", "floor_fit", "floor_chain"):
             row["gflop_s"] = info["conv_gflop_per_step"] / t["median_s"]
         if config == "gauge":
             row["gflop_s"] = info["gauge_gflop_per_step"] / t["median_s"]
@@ -306,6 +343,9 @@ def summarise(info, timings, batch):
     for mode in {r["mode"] for r in rows}:
         if ("flow", mode) in get:
             ratios[f"flow/floor {mode}"] = get[("floor", mode)] / get[("flow", mode)]
+        if ("floor_chain", mode) in get:
+            ratios[f"flow/floor_chain {mode}"] = get[("floor_chain", mode)] / get[("flow", mode)]
+            ratios[f"fit/floor_chain {mode}"] = get[("floor_chain", mode)] / get[("fit", mode)]
         if ("fit", mode) in get:
             ratios[f"fit/floor_fit {mode}"] = get[("floor_fit", mode)] / get[("fit", mode)]
             ratios[f"fit/floor {mode}"] = get[("floor", mode)] / get[("fit", mode)]
@@ -326,6 +366,12 @@ def summarise(info, timings, batch):
                  - skel, "flow step": get[("flow", m)]}
         if ("fit", m) in get:
             parts["fit loop (fit - flow)"] = get[("fit", m)] - get[("flow", m)]
+        if ("floor_chain", m) in get:
+            parts["dependency (floor_chain - floor)"] = get[("floor_chain", m)] - get[("floor", m)]
+        for key, what in (("no_norm", "normalisation"), ("no_logit", "logit preprocessing"),
+                          ("no_update", "optimizer update")):
+            if (key, m) in get:
+                parts[f"ablation: {what} (flow - {key})"] = get[("flow", m)] - get[(key, m)]
     return {**info, "rows": rows, "ratios": ratios, "parts_s": parts}
 
 
@@ -336,7 +382,8 @@ def write(results, args, env):
     lines = ["# Image training-step speed (bench/image_speed.py)", "",
              f"Load average before/after: {env['load_before']} / {env['load_after']} on "
              f"{env['cpus']} CPUs; data {env['data']}; {env['rounds']} rounds x "
-             f"{env['steps']} steps; TF {env['tf']}.", ""]
+             f"{env['steps']} steps; TF {env['tf']}"
+             + (f"; {env['threads']} TF thread(s)" if env["threads"] else "") + ".", ""]
     for res in results:
         lines += [f"## {res['model']} ({res['params']:,} parameters, batch "
                   f"{res['batch_size']}, {res['event_shape']})", "",
@@ -363,7 +410,8 @@ def write(results, args, env):
 def main(args=ARGS):
     env = {"load_before": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
            "data": os.path.basename(args.data), "rounds": args.rounds, "steps": args.steps,
-           "tf": tf.__version__, "keras": keras.__version__, "quick": args.quick}
+           "tf": tf.__version__, "keras": keras.__version__, "quick": args.quick,
+           "threads": args.threads}
     splits = data_lib.load(args.data, seed=0)
     results = []
     for name in args.models.split(","):

@@ -163,17 +163,21 @@ def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
     assert set(models) == {"realnvp-image", "glow"}
     for name, m in models.items():
         configs = {(r["config"], r["mode"]) for r in m["rows"]}
-        want = {"flow", "flow_gather", "floor", "floor_wn", "skeleton", "gauge", "fit",
-                "floor_fit"}
+        want = {"flow", "flow_gather", "floor", "floor_wn", "floor_chain", "skeleton", "gauge",
+                "fit", "floor_fit", "no_update", "no_logit"}
         if name == "realnvp-image":
-            want.add("skeleton_no_norm")
+            want |= {"skeleton_no_norm", "no_norm"}
         assert configs == {(c, "function") for c in want}, configs
         assert all(r["img_s"] > 0 and r["median_s"] > 0 for r in m["rows"])
         assert m["conv_gflop_per_step"] > 0 and m["params"] > 0
         assert 0 < m["ratios"]["flow/floor function"] < 5
         assert 0 < m["ratios"]["fit/floor_fit function"] < 5
+        assert 0 < m["ratios"]["flow/floor_chain function"] < 5
         parts = m["parts_s"]
         assert parts["flow step"] > 0 and "fit loop (fit - flow)" in parts
+        assert "dependency (floor_chain - floor)" in parts
+        assert "ablation: optimizer update (flow - no_update)" in parts
+        assert ("ablation: normalisation (flow - no_norm)" in parts) == (name == "realnvp-image")
     assert models["glow"]["hparams"]["num_scales"] == 1  # glow_defaults on 8x8
     md = (tmp_path / "image_speed.md").read_text()
     assert "## realnvp-image" in md and "## glow" in md and "| flow/floor function |" in md

@@ -127,3 +127,23 @@ def test_lr_decay_none_keeps_the_rate_constant(tmp_path):
     assert metrics["config"]["lr_decay"] == "none"
     with open(out / "history.csv") as f:
         assert "learning_rate" not in next(csv.reader(f))
+
+
+def test_a_budget_bounded_run_says_how_much_of_the_budget_each_epoch_starts_at(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "realnvp", "--data", "moons", "--out", out, *TINY[2:],
+            "--time-limit", "0.05", "--no-export"]
+    assert exit_code(args) == 0
+    printed = capsys.readouterr().out
+    assert "Epoch 1 (0.0 of 0.05 minutes used)" in printed, printed[-2000:]
+    assert "/1000000" not in printed and "until the 0.05-minute time limit" in printed
+    assert "Epoch 2 (" in printed  # one line per epoch, with the time used so far
+
+
+def test_an_epoch_bounded_run_keeps_keras_epoch_lines(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "realnvp", "--data", "moons", "--out", out, "--epochs", "2",
+            *TINY[2:], "--time-limit", "5", "--no-export"]
+    assert exit_code(args) == 0
+    printed = capsys.readouterr().out
+    assert "Epoch 1/2" in printed and "Epoch 2/2" in printed and "minutes used" not in printed

@@ -21,8 +21,8 @@ from tfp_nice._internal import faults, files
 from tfp_nice.training import checkpoints
 from tfp_nice.training.run_dir import RunError
 
-__all__ = ["BestWeights", "Guard", "HistoryFile", "EpochCheckpoint", "LearningRateDecay",
-           "decay_factor", "read_history"]
+__all__ = ["BestWeights", "BudgetProgress", "Guard", "HistoryFile", "EpochCheckpoint",
+           "LearningRateDecay", "decay_factor", "read_history"]
 
 
 def _finite(logs: dict | None) -> bool:
@@ -136,6 +136,27 @@ class Guard(keras.callbacks.Callback):
                 self.diverged = (epoch + 1, key, float(value))
         if self.diverged:
             self.model.stop_training = True
+
+
+class BudgetProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar; when the time limit alone bounds the run (``epochs`` of at least
+    ``unbounded``), each epoch's line reads ``Epoch 3 (4.2 of 15 minutes used)`` where Keras
+    would print ``Epoch 3/1000000``."""
+
+    def __init__(self, guard: Guard, unbounded: int):
+        super().__init__()
+        self._guard, self._unbounded = guard, unbounded
+
+    def on_epoch_begin(self, epoch, logs=None):
+        epochs = self.epochs
+        budgeted = epochs >= self._unbounded and self._guard.time_limit is not None
+        if budgeted:
+            self.epochs = 1  # Keras prints its "Epoch n/N" line only for N > 1
+        super().on_epoch_begin(epoch, logs)
+        self.epochs = epochs
+        if budgeted and self.verbose:
+            print(f"Epoch {epoch + 1} ({self._guard.elapsed / 60:.1f} of "
+                  f"{self._guard.time_limit / 60:g} minutes used)", flush=True)
 
 
 #: The last fraction of the run over which ``"cooldown"`` takes the rate to 0.

@@ -43,13 +43,14 @@ from tfp_nice.training import run_dir as run_dir_lib
 from tfp_nice.training.build import build_model, load_run
 from tfp_nice.training.callbacks import (
     BestWeights,
+    BudgetProgress,
     EpochCheckpoint,
     Guard,
     HistoryFile,
     LearningRateDecay,
     read_history,
 )
-from tfp_nice.training.config import TrainConfig, default_hparams
+from tfp_nice.training.config import UNBOUNDED_EPOCHS, TrainConfig, default_hparams
 from tfp_nice.training.run_dir import RunError, TrainingDiverged
 
 __all__ = ["train"]
@@ -250,6 +251,8 @@ def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose, strate
     fit = model.fit
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # Keras fit cannot
         fit = functools.partial(distributed.fit, model, strategy=strategy)
+    elif verbose:  # Keras' bar, its epoch line saying how much of a time limit is used
+        callbacks.append(BudgetProgress(guard, UNBOUNDED_EPOCHS))
     fit(train_ds, validation_data=val_ds, epochs=run.hp["epochs"], initial_epoch=done,
         callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.diverged:

@@ -147,6 +147,12 @@ def test_conditional_bench_quick_run_writes_every_part(tmp_path):
     assert saved["rows"] == rows and saved["env"]["quick"] is True
     md = (tmp_path / "c.md").read_text()
     assert md.count("| conditional | digits |") == 2 and "| spline-vs-affine | digits |" in md
+    assert all("--epochs" not in r["flags"] for r in rows[2:])  # the budget alone bounds them
+    only = module.main(["--quick", "--parts", "spline-vs-affine", "--out", str(tmp_path / "s"),
+                        "--work-dir", str(tmp_path / "runs2")])
+    assert [r["part"] for r in only] == ["spline-vs-affine"] * 2
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--parts", "splines"])
 
 
 def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):

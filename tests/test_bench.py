@@ -148,9 +148,16 @@ def test_conditional_bench_quick_run_writes_every_part(tmp_path):
     md = (tmp_path / "c.md").read_text()
     assert md.count("| conditional | digits |") == 2 and "| spline-vs-affine | digits |" in md
     assert all("--epochs" not in r["flags"] for r in rows[2:])  # the budget alone bounds them
-    only = module.main(["--quick", "--parts", "spline-vs-affine", "--out", str(tmp_path / "s"),
-                        "--work-dir", str(tmp_path / "runs2")])
-    assert [r["part"] for r in only] == ["spline-vs-affine"] * 2
+    calls = []  # --parts: only the parts asked for run (recorded, not trained)
+    module.run = lambda part, data_name, splits, work, **config: calls.append(
+        (part, config["model"], config.get("time_limit"))) or dict(
+        part=part, data=data_name, flags="", params=1, bits_per_dim=1.0,
+        marginal_bits_per_dim=1.0, accuracy=None, epochs=1, train_s=1.0, load=0.0)
+    module.main(["--quick", "--parts", "spline-vs-affine", "--out", str(tmp_path / "s")])
+    assert calls == [("spline-vs-affine", "realnvp", 0.05), ("spline-vs-affine", "nsf", 0.05)]
+    calls.clear()
+    module.main(["--quick", "--parts", "conditional", "--out", str(tmp_path / "s")])
+    assert calls == [("conditional", "realnvp", None)] * 2
     with pytest.raises(SystemExit):
         module.main(["--quick", "--parts", "splines"])
 

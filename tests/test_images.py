@@ -14,7 +14,7 @@ import tensorflow_probability as tfp
 from _factories import reload, run_on_two_cpus
 
 import tfp_nice as tn
-from tfp_nice import masks, testing
+from tfp_nice import _math, masks, testing
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -395,6 +395,65 @@ def test_batchnorm_uses_batch_statistics_in_training_and_moving_averages_at_infe
     np.testing.assert_array_equal(loaded_layer.moving_variance.numpy(),
                                   layer.moving_variance.numpy())
     np.testing.assert_allclose(loaded.log_prob(xb), model.log_prob(xb), rtol=1e-6)
+
+
+def _composed_batch_norm(x, log_gamma, beta, eps=1e-4):
+    mean, variance = _math.moments(x)
+    shift, log_scale = _math.batch_norm_shift_and_log_scale(mean, variance, eps, log_gamma, beta)
+    return _math.channel_affine_inverse(x, shift, log_scale), log_scale
+
+
+@pytest.mark.parametrize("shape", [(16, 6, 6, 3), (32, 5), (4, 3, 2, 2, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+def test_fused_batch_norm_matches_the_composed_ops_and_their_gradients(shape, affine, mode):
+    """The fused kernel's values and gradients (incl. the log-det's through the batch variance)
+    equal the composed form's, for images, vectors and extra batch axes, also under XLA."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, shape), tf.float32)
+    c = shape[-1]
+    lg = tf.constant(rng.normal(0, 0.3, c), tf.float32) if affine else None
+    beta = tf.constant(rng.normal(0, 1.0, c), tf.float32) if affine else None
+    w = tf.constant(rng.normal(size=shape), tf.float32)
+    ws = tf.constant(rng.normal(size=c) * 40.0, tf.float32)  # a large log-det weight
+
+    def loss_and_grads(fn):
+        def run(x, lg, beta):
+            with tf.GradientTape() as tape:
+                tape.watch([t for t in (x, lg, beta) if t is not None])
+                z, log_scale = fn(x, lg, beta)[:2]
+                loss = tf.reduce_sum(z * w) + tf.reduce_sum(log_scale * ws)
+            return z, log_scale, tape.gradient(loss, [t for t in (x, lg, beta) if t is not None])
+        return run if mode == "eager" else tf.function(run, jit_compile=mode == "jit")
+
+    fused = loss_and_grads(lambda *a: _math.fused_batch_norm(*a, 1e-4))(x, lg, beta)
+    ref = loss_and_grads(_composed_batch_norm)(x, lg, beta)
+    for a, b in zip(tf.nest.flatten(fused), tf.nest.flatten(ref)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+    assert float(tf.reduce_max(tf.abs(fused[2][0]))) > 1e-2  # the gradients are not all zero
+
+
+def test_batchnorm_layer_trains_float32_in_the_fused_kernel_and_others_in_composed_ops():
+    def op_types(layer, x, training):
+        graph = tf.function(lambda x: layer(x, training=training, normalize=True)
+                            ).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    x32 = np.random.default_rng(0).normal(size=[8, 4, 4, 2]).astype("float32")
+    assert "FusedBatchNormV3" in op_types(tn.BatchNormLayer(2), x32, True)
+    assert "FusedBatchNormV3" not in op_types(tn.BatchNormLayer(2), x32, False)
+    layer64 = tn.BatchNormLayer(2, dtype="float64")
+    assert "FusedBatchNormV3" not in op_types(layer64, x32.astype("float64"), True)
+    assert not _math.fused_batch_norm_applies(tf.zeros([2, 3], tf.float16))
+    # both paths normalise alike and move the moving averages alike
+    a, b = tn.BatchNormLayer(2, momentum=0.5), tn.BatchNormLayer(2, momentum=0.5, dtype="float64")
+    za, sa = a(x32, training=True, normalize=True)
+    zb, sb = b(x32.astype("float64"), training=True, normalize=True)
+    np.testing.assert_allclose(za, zb, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sa, sb, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a.moving_variance.numpy(), b.moving_variance.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(a.moving_mean.numpy(), 0.5 * x32.mean(axis=(0, 1, 2)), atol=1e-6)
 
 
 def test_batchnorm_and_actnorm_check_their_arguments():

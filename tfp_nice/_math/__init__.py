@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+from tfp_nice._math.batch_norm import fused_batch_norm, fused_batch_norm_applies
 from tfp_nice._math.couplings import (
     STABILISERS,
     additive_forward,
@@ -101,6 +102,8 @@ __all__ = [
     "channel_affine_log_det",
     "batch_norm_shift_and_log_scale",
     "moments",
+    "fused_batch_norm",
+    "fused_batch_norm_applies",
     "lu_weight",
     "lu_inverse_weight",
     "channel_matmul",

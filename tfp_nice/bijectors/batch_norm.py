@@ -143,10 +143,13 @@ class BatchNorm(LayerBijector):
 
     def _inverse(self, y):
         y = check_finite(y, "BatchNorm", "y") if self.validate_args else y
-        shift, log_scale, event = self._shift_and_log_scale(y, "y", "call")
-        ildj = -_math.channel_affine_log_det(log_scale, event)
-        compat.store_inverse_log_det(self, y, ildj)
-        return _math.channel_affine_inverse(y, shift, log_scale)
+        check_floating(y, "BatchNorm", "y")
+        event = check_channels_event(y, self._event_ndims, self._layer.channels, "BatchNorm",
+                                     "y")
+        kwargs = {} if self._training is None else {"training": self._training}
+        z, log_scale = self._layer(y, normalize=True, **kwargs)
+        compat.store_inverse_log_det(self, y, -_math.channel_affine_log_det(log_scale, event))
+        return z
 
     def _forward_log_det_jacobian(self, x):
         _, log_scale, event = self._shift_and_log_scale(x, "x", "moving")

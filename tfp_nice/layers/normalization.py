@@ -76,6 +76,13 @@ class BatchNormLayer(ConfigFields, SelfBuiltLayer):
       moving averages move towards them: ``m <- momentum * m + (1 - momentum) * batch``;
     * otherwise: the moving averages.
 
+    With ``normalize=True`` the call returns ``(z, log_scale)`` instead: the batch normalised
+    with those statistics, ``z = (x - mean) / sqrt(variance + eps) * gamma + beta``, and the
+    per-channel ``log_scale = log(variance + eps) / 2 - log gamma`` of its log-det (what
+    :class:`tfp_nice.bijectors.BatchNorm` needs). In training, float32 batches outside
+    multi-replica strategies go through TF's fused batch-norm kernel (one op forward, one
+    backward, the log-det's gradient through the variance added), elsewhere the composed ops.
+
     Args:
       channels: the number of channels ``C``.
       momentum: of the moving averages (RealNVP's code: 0.9, i.e. its ``decay=0.1``).
@@ -124,23 +131,35 @@ class BatchNormLayer(ConfigFields, SelfBuiltLayer):
     beta = weight_property(
         "beta", "The learned shift ``β`` (``None`` with ``center=False``).", only_if="center")
 
-    def call(self, inputs, training=None, update=True):
+    def call(self, inputs, training=None, update=True, normalize=False):
+        if normalize:
+            return self._normalize(inputs, bool(training), update)
         if not training:
-            return (keras.ops.cast(self.moving_mean.value, inputs.dtype),
-                    keras.ops.cast(self.moving_variance.value, inputs.dtype))
+            return self.moving_statistics(inputs.dtype)
         mean, variance = _math.moments(inputs, synchronized=True)
         if update:
-            m = self.momentum
-            self.moving_mean.assign(
-                m * self.moving_mean.value
-                + (1 - m) * keras.ops.cast(keras.ops.stop_gradient(mean), self.moving_mean.dtype)
-            )
-            self.moving_variance.assign(
-                m * self.moving_variance.value
-                + (1 - m) * keras.ops.cast(keras.ops.stop_gradient(variance),
-                                           self.moving_variance.dtype)
-            )
+            self._update_moving(mean, variance)
         return mean, variance
+
+    def _normalize(self, inputs, training, update):
+        log_gamma, beta = self.affine(inputs.dtype)
+        if training and _math.fused_batch_norm_applies(inputs, synchronized=True):
+            z, log_scale, mean, variance = _math.fused_batch_norm(inputs, log_gamma, beta,
+                                                                  self.epsilon)
+            if update:
+                self._update_moving(mean, variance)
+            return z, log_scale
+        mean, variance = self.call(inputs, training=training, update=update)
+        shift, log_scale = _math.batch_norm_shift_and_log_scale(
+            mean, variance, self.epsilon, log_gamma, beta)
+        return _math.channel_affine_inverse(inputs, shift, log_scale), log_scale
+
+    def _update_moving(self, mean, variance):
+        """``m <- momentum * m + (1 - momentum) * batch`` for both moving statistics."""
+        m = self.momentum
+        for weight, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            batch = keras.ops.cast(keras.ops.stop_gradient(batch), weight.dtype)
+            weight.assign(m * weight.value + (1 - m) * batch)
 
     def moving_statistics(self, dtype):
         """``(moving_mean, moving_variance)`` as tensors of ``dtype``."""

@@ -1,8 +1,9 @@
 """The equations of NICE, RealNVP and RevNet couplings as pure tensor functions.
 
-One package, four modules: :mod:`.shapes` (flatten events, split/merge by an index plan),
+One package, five modules: :mod:`.shapes` (flatten events, split/merge by an index plan),
 :mod:`.couplings` (additive, affine, diagonal scale, the scale stabilisers), :mod:`.images`
-(squeeze, per-channel affine maps, the LU 1x1 convolution) and :mod:`.splines`; callers use
+(squeeze, per-channel affine maps, the LU 1x1 convolution), :mod:`.batch_norm` (batch norm in
+TF's fused kernel, with the log-det's gradient) and :mod:`.splines`; callers use
 the names re-exported here (``_math.affine_forward``).
 
 Everything here is stateless: it takes tensors (and, for the learned ``tanh``

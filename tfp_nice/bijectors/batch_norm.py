@@ -40,7 +40,9 @@ class BatchNorm(LayerBijector):
       replicas under ``tf.distribute``, so every replica normalises with the global batch's
       statistics), and updates the moving averages; the log-det uses the same batch variance,
       treating the statistics as constants (as RealNVP does), so ``log_prob`` in training mode is
-      the likelihood of the batch-normalised flow;
+      the likelihood of the batch-normalised flow (float32 batches run in TF's fused
+      batch-norm kernel, the gradient through the variance included; see
+      :class:`~tfp_nice.layers.BatchNormLayer`);
     * inference (``model(x)``, ``model.evaluate``, ``model.log_prob``, sampling): the moving
       averages, making this an ordinary per-channel affine bijection (``fldj = -ildj``).
 
@@ -119,16 +121,28 @@ class BatchNorm(LayerBijector):
         """The layer holding the moving statistics, ``log_gamma`` and ``beta``."""
         return self._layer
 
-    def _shift_and_log_scale(self, x: tf.Tensor, arg: str, statistics: str):
-        """``(t, s, event)`` of ``x = z * exp(s) + t``; ``statistics``: "call" or "moving"."""
+    def _event(self, x: tf.Tensor, arg: str):
+        """The event shape of ``x`` (checked: floating, ending in the layer's channels)."""
         check_floating(x, "BatchNorm", arg)
-        event = check_channels_event(x, self._event_ndims, self._layer.channels, "BatchNorm",
-                                     arg)
+        return check_channels_event(x, self._event_ndims, self._layer.channels, "BatchNorm", arg)
+
+    def _call_layer(self, x: tf.Tensor, **kwargs):
+        """Calls the layer, in Keras' training mode unless ``training`` was fixed."""
+        if self._training is not None:
+            kwargs["training"] = self._training
+        return self._layer(x, **kwargs)
+
+    def _shift_and_log_scale(self, x: tf.Tensor, arg: str, statistics: str):
+        """``(t, s, event)`` of ``x = z * exp(s) + t``; ``statistics``: "call" or "moving".
+
+        "call": the layer's (batch statistics in training, without updating the moving
+        averages: the inverse, which updates them, normalises through the layer itself).
+        """
+        event = self._event(x, arg)
         if statistics == "moving":
             mean, variance = self._layer.moving_statistics(x.dtype)
         else:
-            kwargs = {} if self._training is None else {"training": self._training}
-            mean, variance = self._layer(x, update=statistics == "call", **kwargs)
+            mean, variance = self._call_layer(x, update=False)
         mean, variance = tf.cast(mean, x.dtype), tf.cast(variance, x.dtype)
         log_gamma, beta = self._layer.affine(x.dtype)
         shift, log_scale = _math.batch_norm_shift_and_log_scale(
@@ -143,11 +157,8 @@ class BatchNorm(LayerBijector):
 
     def _inverse(self, y):
         y = check_finite(y, "BatchNorm", "y") if self.validate_args else y
-        check_floating(y, "BatchNorm", "y")
-        event = check_channels_event(y, self._event_ndims, self._layer.channels, "BatchNorm",
-                                     "y")
-        kwargs = {} if self._training is None else {"training": self._training}
-        z, log_scale = self._layer(y, normalize=True, **kwargs)
+        event = self._event(y, "y")
+        z, log_scale = self._call_layer(y, normalize=True)
         compat.store_inverse_log_det(self, y, -_math.channel_affine_log_det(log_scale, event))
         return z
 
@@ -156,7 +167,7 @@ class BatchNorm(LayerBijector):
         return _math.channel_affine_log_det(log_scale, event)
 
     def _inverse_log_det_jacobian(self, y):
-        _, log_scale, event = self._shift_and_log_scale(y, "y", "no_update")
+        _, log_scale, event = self._shift_and_log_scale(y, "y", "call")
         return -_math.channel_affine_log_det(log_scale, event)
 
     def get_config(self) -> dict:

@@ -440,6 +440,18 @@ def test_bad_labels_are_one_line_exit_2_before_training(label_files, tmp_path, c
     assert not out.exists()
 
 
+def test_labels_for_only_some_splits_do_not_stop_an_unconditional_run(label_files, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "plain"
+    assert cli.main(["train", "--data", str(label_files / "split.npz"), "--out", str(out),
+                     *TINY]) == 0
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if "labels are given" in ln]
+    assert len(warning) == 1 and warning[0].startswith("tfp-nice: warning: "), warning
+    assert "train, validation split(s) but not for test" in warning[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics["test_bits_per_dim"]) and "num_classes" not in metrics["model"]
+
+
 def test_a_conditional_error_in_a_fresh_process_is_one_line(label_files, tmp_path):
     proc = run_cli("train", "--conditional", "--data", label_files / "float.npz", "--out",
                    tmp_path / "o", *TINY)

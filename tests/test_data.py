@@ -345,9 +345,24 @@ def test_npz_labels_are_carved_with_their_examples(tmp_path):
 _X = np.random.default_rng(0).random((20, 2))
 
 
+def test_labels_for_only_some_splits_are_dropped_with_a_warning_and_refused_when_required(
+        tmp_path):
+    """Unconditional models ignore labels, so a file with y for some splits still loads (with
+    a warning naming them); anything that needs labels gets the reason."""
+    np.savez(tmp_path / "part.npz", x_train=_X, y_train=np.arange(20) % 3, x_test=_X[:5])
+    with pytest.warns(UserWarning, match=r"labels are given for the train, validation "
+                      r"split\(s\) but not for test.*Loading without labels"):
+        s = data.load(str(tmp_path / "part.npz"))
+    assert not s.has_labels and s.num_classes is None
+    assert (s.train_labels, s.validation_labels, s.test_labels) == (None, None, None)
+    assert len(s.train) == 17 and len(s.test) == 5
+    with pytest.raises(DataError, match=r"--conditional needs class labels for every split: "
+                       r".*part.npz'?: labels are given for the train, validation split\(s\) "
+                       r"but not for test"):
+        s.require_labels()
+
+
 @pytest.mark.parametrize("arrays, message", [
-    (dict(x_train=_X, y_train=np.zeros(20, int), x_test=_X[:5]),
-     r"labels are given for the train, validation split\(s\) but not for test"),
     (dict(x=_X, y=np.full(20, 0.5)), "must be integers"),
     (dict(x=_X, y=-np.ones(20, int)), "class indices >= 0; found -1"),
     (dict(x=_X, y=np.zeros(19, int)), "19 training labels for 20"),

@@ -77,6 +77,8 @@ def _train(args) -> int:
                            num_levels=cfg.num_levels)  # refused before TensorFlow starts
     if cfg.conditional:
         splits.require_labels()
+    elif splits.labels_dropped:
+        _warning(f"{splits.labels_dropped} Training without them (an unconditional model).")
     tf = _import_tensorflow()
     if args.logical_cpus:
         cpu = tf.config.list_physical_devices("CPU")[0]

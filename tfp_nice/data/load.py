@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -69,8 +70,8 @@ def load(
     name = key if key == "digits" or key in DENSITIES else source
     parts = _read(source, key, seed, validation_fraction, num_samples)
     arrays, spec = _check_values(name, {k: parts[k] for k in _SPLITS}, value_range, num_levels)
-    labels, num_classes = _check_labels(name, parts, arrays)
-    return Splits(spec=spec, **arrays, **labels, num_classes=num_classes)
+    labels, num_classes, dropped = _check_labels(name, parts, arrays)
+    return Splits(spec=spec, **arrays, **labels, num_classes=num_classes, labels_dropped=dropped)
 
 
 def _check_arguments(source, seed, num_samples, validation_fraction, num_levels,
@@ -209,18 +210,19 @@ def _check_levels(name, arrays, integer, lo, hi, num_levels, value_range) -> Non
         )
 
 
-def _check_labels(name: str, parts: dict, arrays: dict) -> tuple[dict, int | None]:
-    """int64 labels of every split (or none), checked against the examples."""
+def _check_labels(name: str, parts: dict, arrays: dict) -> tuple[dict, int | None, str | None]:
+    """int64 labels of every split (or none), checked against the examples; and why labels
+    given for only some splits were dropped (with a warning: unconditional models need none)."""
     given = {k: parts.get(f"{k}_labels") for k in _SPLITS}
     present = [k for k, v in given.items() if v is not None]
     if not present:
-        return {}, None
+        return {}, None, None
     if len(present) != len(_SPLITS):
         missing = [k for k in _SPLITS if k not in present]
-        raise DataError(
-            f"{name!r}: labels are given for the {', '.join(present)} split(s) but not for "
-            f"{', '.join(missing)}; give a y array for every x array, or none."
-        )
+        why = (f"{name!r}: labels are given for the {', '.join(present)} split(s) but not for "
+               f"{', '.join(missing)}; give a y array for every x array, or none.")
+        warnings.warn(f"{why} Loading without labels.", UserWarning, stacklevel=3)
+        return {}, None, why
     out = {}
     for split, y in given.items():
         y = np.asarray(y)
@@ -239,4 +241,4 @@ def _check_labels(name: str, parts: dict, arrays: dict) -> tuple[dict, int | Non
             raise DataError(f"{where} must be class indices >= 0; found {y.min():g}.")
         out[f"{split}_labels"] = y.astype(np.int64)
     num_classes = int(max(int(y.max()) for y in out.values() if y.size)) + 1
-    return out, num_classes
+    return out, num_classes, None

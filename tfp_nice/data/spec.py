@@ -104,7 +104,9 @@ class Splits:
     """Train / validation / test arrays of raw float32 values, each ``[N, *spec.event_shape]``,
     and their integer class labels when the source has them.
 
-    ``train_labels`` etc. are int64 arrays ``[N]`` in ``[0, num_classes)`` or all ``None``.
+    ``train_labels`` etc. are int64 arrays ``[N]`` in ``[0, num_classes)`` or all ``None``;
+    ``labels_dropped`` says why a source's labels were not kept (given for only some splits:
+    enough for an unconditional model, which ignores them; :meth:`require_labels` refuses).
 
     Example:
       >>> from tfp_nice.data import load
@@ -123,6 +125,7 @@ class Splits:
     validation_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     num_classes: int | None = None
+    labels_dropped: str | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -132,6 +135,8 @@ class Splits:
     def require_labels(self, what: str = "--conditional") -> int:
         """The number of classes, or a one-line :class:`DataError` if there are no labels
         (or too many classes for a one-hot label: at most :data:`MAX_CLASSES`)."""
+        if not self.has_labels and self.labels_dropped:
+            raise DataError(f"{what} needs class labels for every split: {self.labels_dropped}")
         if not self.has_labels:
             raise DataError(
                 f"{what} needs class labels, but {self.spec.name!r} has none: give a .npz with "

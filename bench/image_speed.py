@@ -15,6 +15,10 @@ trainable weights) on the same batches (the CLI's `as_dataset` pipeline, dequant
              layers (weight norm dropped), fed inputs of the shapes the couplings give them,
              outputs summed into a scalar loss; `floor_fit` trains it with `fit`. The networks
              are independent, so the runtime overlaps them two at a time on 2 cores;
+  floor_ingrad  the floor with each network's input gradient computed as well (its input
+             offset by a zero weight): the gradient every coupling's conditioner input needs in
+             the flow (it depends on earlier weights) and the floor skips; floor/floor_ingrad is
+             the best flow/floor a flow with no work beyond its convolutions could reach;
   floor_chain  the same networks in the flow's order, each one's input waiting for the previous
              one's output (its mean added) and its input gradient computed, as in the flow and
              in any model whose networks feed each other: the floor of a deep model;
@@ -31,7 +35,8 @@ Each config is warmed up untimed; then `--rounds` rounds time `--steps` steps of
 the start rotated each round; a round gives the median step, tables the median over rounds.
 Part breakdown (function mode): conv = floor; weight norm = floor_wn - floor; normalisation =
 skeleton - skeleton_no_norm; bookkeeping = skeleton_no_norm; overlap = flow - floor_wn -
-skeleton; fit loop = fit - flow; dependency = floor_chain - floor; each ablation = flow minus
+skeleton; fit loop = fit - flow; dependency = floor_chain - floor, split into input gradients
+(floor_ingrad - floor) and ordering (floor_chain - floor_ingrad); each ablation = flow minus
 it. Writes bench/image_speed.{json,md} (or --out).
 """
 
@@ -108,6 +113,20 @@ class Floor(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return self(x) if y_pred is None else y_pred
+
+
+class FloorInputGrad(Floor):
+    """:class:`Floor` with each network's input gradient computed (input + a zero weight)."""
+
+    def __init__(self, nets, shapes, batch):
+        super().__init__(nets, shapes, batch)
+        self.offsets = [self.add_weight(shape=(), initializer="zeros", name=f"offset_{i}")
+                        for i in range(len(self.inputs_))]
+
+    def call(self, x, training=None):
+        del x
+        return tf.add_n([tf.reduce_mean(n(i + o))
+                         for n, i, o in zip(self.nets, self.inputs_, self.offsets)])
 
 
 class FloorChain(Floor):
@@ -272,9 +291,11 @@ def build_configs(name, args, splits):
     shapes = [(*b.mask.event_shape[:2], b.mask.event_shape[2] + 1) for b in couplings]
     floor = Floor([_plain_mirror(b.conditioner) for b in couplings], shapes, batch)
     floor_wn = Floor([b.conditioner for b in couplings], shapes, batch)
+    floor_ingrad = FloorInputGrad([_plain_mirror(b.conditioner) for b in couplings], shapes,
+                                  batch)
     floor_chain = FloorChain([_plain_mirror(b.conditioner) for b in couplings], shapes, batch)
-    floor(batches[0])
-    floor_chain(batches[0])
+    for f in (floor, floor_ingrad, floor_chain):
+        f(batches[0])
     info["conv_gflop_per_step"] = _conv_flops(floor, batch) / 1e9
     skeletons = {"skeleton": prepared(_skeleton(model))}
     if name == "realnvp-image":
@@ -297,6 +318,7 @@ def build_configs(name, args, splits):
             continue
         configs[("flow_gather", mode)] = _loop_timer(_step_fn(gather, mode), batches)
         configs[("floor_wn", mode)] = _loop_timer(_step_fn(floor_wn, mode), batches)
+        configs[("floor_ingrad", mode)] = _loop_timer(_step_fn(floor_ingrad, mode), batches)
         configs[("floor_chain", mode)] = _loop_timer(_step_fn(floor_chain, mode), batches)
         configs[("no_update", mode)] = _loop_timer(_step_fn(model, mode, update=False), batches)
         for key, m in ablations.items():
@@ -333,7 +355,7 @@ def summarise(info, timings, batch):
     rows = []
     for (config, mode), t in timings.items():
         row = {"config": config, "mode": mode, **t, "img_s": batch / t["median_s"]}
-        if config in ("floor", "floor_fit", "floor_chain"):
+        if config in ("floor", "floor_fit", "floor_ingrad", "floor_chain"):
             row["gflop_s"] = info["conv_gflop_per_step"] / t["median_s"]
         if config == "gauge":
             row["gflop_s"] = info["gauge_gflop_per_step"] / t["median_s"]
@@ -343,6 +365,10 @@ def summarise(info, timings, batch):
     for mode in {r["mode"] for r in rows}:
         if ("flow", mode) in get:
             ratios[f"flow/floor {mode}"] = get[("floor", mode)] / get[("flow", mode)]
+        if ("floor_ingrad", mode) in get:
+            ratios[f"flow/floor_ingrad {mode}"] = get[("floor_ingrad", mode)] / get[("flow", mode)]
+            ratios[f"bound: floor/floor_ingrad {mode}"] = (get[("floor", mode)]
+                                                           / get[("floor_ingrad", mode)])
         if ("floor_chain", mode) in get:
             ratios[f"flow/floor_chain {mode}"] = get[("floor_chain", mode)] / get[("flow", mode)]
             ratios[f"fit/floor_chain {mode}"] = get[("floor_chain", mode)] / get[("fit", mode)]
@@ -368,6 +394,11 @@ def summarise(info, timings, batch):
             parts["fit loop (fit - flow)"] = get[("fit", m)] - get[("flow", m)]
         if ("floor_chain", m) in get:
             parts["dependency (floor_chain - floor)"] = get[("floor_chain", m)] - get[("floor", m)]
+        if ("floor_ingrad", m) in get:
+            parts["  of it: input gradients (floor_ingrad - floor)"] = (
+                get[("floor_ingrad", m)] - get[("floor", m)])
+            parts["  of it: ordering (floor_chain - floor_ingrad)"] = (
+                get[("floor_chain", m)] - get[("floor_ingrad", m)])
         for key, what in (("no_norm", "normalisation"), ("no_logit", "logit preprocessing"),
                           ("no_update", "optimizer update")):
             if (key, m) in get:

@@ -176,8 +176,8 @@ def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
     assert set(models) == {"realnvp-image", "glow"}
     for name, m in models.items():
         configs = {(r["config"], r["mode"]) for r in m["rows"]}
-        want = {"flow", "flow_gather", "floor", "floor_wn", "floor_chain", "skeleton", "gauge",
-                "fit", "floor_fit", "no_update", "no_logit"}
+        want = {"flow", "flow_gather", "floor", "floor_wn", "floor_ingrad", "floor_chain",
+                "skeleton", "gauge", "fit", "floor_fit", "no_update", "no_logit"}
         if name == "realnvp-image":
             want |= {"skeleton_no_norm", "no_norm"}
         assert configs == {(c, "function") for c in want}, configs
@@ -186,11 +186,45 @@ def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
         assert 0 < m["ratios"]["flow/floor function"] < 5
         assert 0 < m["ratios"]["fit/floor_fit function"] < 5
         assert 0 < m["ratios"]["flow/floor_chain function"] < 5
+        assert 0 < m["ratios"]["flow/floor_ingrad function"] < 5
+        assert 0 < m["ratios"]["bound: floor/floor_ingrad function"] < 5
         parts = m["parts_s"]
         assert parts["flow step"] > 0 and "fit loop (fit - flow)" in parts
         assert "dependency (floor_chain - floor)" in parts
+        ingrad = parts["  of it: input gradients (floor_ingrad - floor)"]
+        ordering = parts["  of it: ordering (floor_chain - floor_ingrad)"]
+        assert ingrad + ordering == pytest.approx(parts["dependency (floor_chain - floor)"])
         assert "ablation: optimizer update (flow - no_update)" in parts
         assert ("ablation: normalisation (flow - no_norm)" in parts) == (name == "realnvp-image")
     assert models["glow"]["hparams"]["num_scales"] == 1  # glow_defaults on 8x8
     md = (tmp_path / "image_speed.md").read_text()
     assert "## realnvp-image" in md and "## glow" in md and "| flow/floor function |" in md
+
+
+def test_image_speed_floor_ingrad_computes_the_input_gradients_the_floor_skips():
+    """floor_ingrad's step reaches each network's input (through a zero offset weight, as a
+    coupling's conditioner input depends on earlier weights); the floor's inputs are constants."""
+    import tensorflow as tf
+
+    spec = importlib.util.spec_from_file_location("bench_image_speed",
+                                                  ROOT / "bench" / "image_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nets = lambda: [keras.layers.Conv2D(3, 3, padding="same") for _ in range(2)]  # noqa: E731
+    shapes = [(6, 6, 2), (3, 3, 5)]
+    plain = module.Floor(nets(), shapes, 4)
+    ingrad = module.FloorInputGrad(nets(), shapes, 4)
+    for model in (plain, ingrad):
+        model(None)
+    assert len(ingrad.trainable_variables) == len(plain.trainable_variables) + 2
+    with tf.GradientTape() as tape:
+        loss = ingrad(None)
+    grads = tape.gradient(loss, ingrad.offsets)
+    assert all(g is not None and np.isfinite(float(g)) and float(g) != 0.0 for g in grads)
+    # the offset's gradient is the input gradient summed: a central difference agrees
+    eps = 1e-2
+    ingrad.offsets[0].assign(eps)
+    up = float(ingrad(None))
+    ingrad.offsets[0].assign(-eps)
+    down = float(ingrad(None))
+    assert float(grads[0]) == pytest.approx((up - down) / (2 * eps), rel=1e-2, abs=1e-5)

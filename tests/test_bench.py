@@ -228,3 +228,34 @@ def test_image_speed_floor_ingrad_computes_the_input_gradients_the_floor_skips()
     ingrad.offsets[0].assign(-eps)
     down = float(ingrad(None))
     assert float(grads[0]) == pytest.approx((up - down) / (2 * eps), rel=1e-2, abs=1e-5)
+
+
+# --- bench/photo_patches.py ----------------------------------------------------------------------
+def test_photo_patches_keep_held_out_patches_off_the_training_columns(monkeypatch):
+    """Train / validation / test patches come from disjoint column bands (70 / 15 / 15 %) of
+    each photo, so no held-out pixel is in a training patch; uint8 [N, size, size, 3]."""
+    import sklearn.datasets
+
+    spec = importlib.util.spec_from_file_location("bench_photo_patches",
+                                                  ROOT / "bench" / "photo_patches.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    h, w = 40, 200  # each pixel holds its column index (and the photo's number in channel 2)
+    photos = [np.stack(np.broadcast_arrays(np.arange(w)[None, :] % 256,
+                                           np.arange(w)[None, :] // 256,
+                                           np.full((h, w), k)), axis=-1).astype(np.uint8)
+              for k in range(2)]
+    monkeypatch.setattr(sklearn.datasets, "load_sample_images",
+                        lambda: type("Bunch", (), {"images": photos}))
+    arrays = module.build(size=8, stride=4)
+    cols = {k: a[..., 0].astype(int) + 256 * a[..., 1].astype(int) for k, a in arrays.items()}
+    assert cols["x_train"].max() < 140 <= cols["x_val"].min()
+    assert cols["x_val"].max() < 170 <= cols["x_test"].min()
+    for k, a in arrays.items():
+        assert a.dtype == np.uint8 and a.shape[1:] == (8, 8, 3), (k, a.shape)
+        assert set(np.unique(a[..., 2])) == {0, 1}  # both photos in every split
+    assert len(arrays["x_train"]) == 2 * ((h - 8) // 4 + 1) * ((140 - 8) // 4 + 1)
+    monkeypatch.undo()
+    real = module.build()  # the bundled photographs themselves
+    assert {k: v.shape for k, v in real.items()} == {
+        "x_train": (20790, 32, 32, 3), "x_val": (250, 32, 32, 3), "x_test": (250, 32, 32, 3)}

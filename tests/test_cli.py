@@ -528,8 +528,8 @@ def test_conditioner_option_picks_realnvp_images_coupling_networks():
 
 
 def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
-    """28x28 / 32x32: realnvp-image 3 scales, Glow's plain conv networks of 16 base filters at
-    Adam 2e-3, Glow L=2 (28) or 3 (32), K=8, 32 filters, both without XLA; the 8x8 digits keep
+    """28x28 / 32x32: realnvp-image 3 scales, Glow's plain conv networks of 16 base filters (32
+    on colour images) at Adam 2e-3, Glow L=2 (28) or 3 (32), K=8, 32 filters, both without XLA; the 8x8 digits keep
     RealNVP's ResNet (2 blocks x 16 filters, Adam 1e-3) and XLA."""
     from tfp_nice.data.spec import DataSpec
     from tfp_nice.training.config import TrainConfig, default_hparams
@@ -543,7 +543,9 @@ def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
     got = {k: hp("realnvp-image", mnist)[k] for k in keys}
     assert got == {"num_scales": 3, "filters": 16, "conditioner": "conv", "learning_rate": 2e-3,
                    "jit_compile": False}
-    assert hp("realnvp-image", cifar)["num_scales"] == 3
+    assert (hp("realnvp-image", cifar)["num_scales"], hp("realnvp-image", cifar)["filters"]
+            ) == (3, 32)  # colour images over 16x16: 32 base filters
+    assert hp("realnvp-image", [8, 8, 3])["filters"] == 16
     small = hp("realnvp-image", digits)
     assert {k: small[k] for k in ("num_blocks", "conditioner", "learning_rate", "jit_compile")
             } == {"num_blocks": 2, "conditioner": "resnet", "learning_rate": 1e-3,

@@ -529,8 +529,8 @@ def test_conditioner_option_picks_realnvp_images_coupling_networks():
 
 def test_image_defaults_are_the_cpu_budget_sizes_without_xla_on_28x28():
     """28x28 / 32x32: realnvp-image 3 scales, Glow's plain conv networks of 16 base filters (32
-    on colour images) at Adam 2e-3, Glow L=2 (28) or 3 (32), K=8, 32 filters, both without XLA; the 8x8 digits keep
-    RealNVP's ResNet (2 blocks x 16 filters, Adam 1e-3) and XLA."""
+    on colour images) at Adam 2e-3, Glow L=2 (28) or 3 (32), K=8, 32 filters, both without XLA;
+    the 8x8 digits keep RealNVP's ResNet (2 blocks x 16 filters, Adam 1e-3) and XLA."""
     from tfp_nice.data.spec import DataSpec
     from tfp_nice.training.config import TrainConfig, default_hparams
 

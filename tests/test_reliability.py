@@ -133,6 +133,28 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
     assert _epochs(out) == [0, 1, 2, 3]
 
 
+def test_a_run_resumed_after_the_defaults_changed_keeps_the_sizes_it_started_with(
+        tmp_path, capsys, monkeypatch, killed_at_3):
+    """A later version's defaults (here: other hidden units and learning rate) must not rebuild
+    a resumed run's model in another shape: its checkpoints would no longer fit."""
+    from tfp_nice.training import config
+
+    out = tmp_path / "run"
+    shutil.copytree(killed_at_3, out)
+    resolved = config._vector_hparams
+    monkeypatch.setattr(config, "_vector_hparams", lambda cfg, spec: {
+        **resolved(cfg, spec), "hidden_units": (8, 8), "learning_rate": 0.5})
+    assert exit_code(_train(out, "--epochs", "4", "--no-export")) == 0
+    printed = capsys.readouterr().out
+    assert "after epoch 3" in printed and (
+        "Resuming with the settings the run started with: hidden_units=(16,) (the default now: "
+        "(8, 8)), learning_rate=0.001 (the default now: 0.5)") in printed, printed[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hparams"]["hidden_units"] == [16] and metrics["epochs"] == 4
+    assert metrics["hparams"]["learning_rate"] == 0.001
+    assert _epochs(out) == [0, 1, 2, 3]
+
+
 def test_no_usable_checkpoint_is_one_line_naming_the_file_and_the_way_out(
         tmp_path, capsys, killed_at_3):
     out = tmp_path / "run"

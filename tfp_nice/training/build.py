@@ -24,7 +24,8 @@ MODELS = {"nice": NICE, "realnvp": RealNVP, "realnvp-image": RealNVPImage, "glow
 _IMAGE_ONLY = ("num_scales", "num_blocks", "filters")
 
 
-def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None) -> FlowModel:
+def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None,
+                hparams: dict | None = None) -> FlowModel:
     """The preset named by ``cfg.model`` with preprocessing matched to ``spec``.
 
     Integer data (dequantized to ``[0, L)``) and bounded continuous data are rescaled to
@@ -32,9 +33,10 @@ def build_model(cfg: TrainConfig, spec: DataSpec, num_classes: int | None = None
     densities are modelled as they are (NSF's spline interval then covers the data's range).
     ``num_classes`` (with ``cfg.conditional``) makes the preset class-conditional. With
     ``cfg.mixed_precision`` the preset is built under that mixed policy
-    (:func:`tfp_nice.precision.policy_scope`): half-precision conditioners.
+    (:func:`tfp_nice.precision.policy_scope`): half-precision conditioners. ``hparams``
+    (default: :func:`default_hparams`) gives the sizes, e.g. those a resumed run started with.
     """
-    hp = default_hparams(cfg, spec)
+    hp = default_hparams(cfg, spec) if hparams is None else hparams
     if cfg.model in IMAGE_MODELS:
         kwargs: dict[str, Any] = {k: hp[k] for k in _IMAGE_ONLY}
         if cfg.model == "realnvp-image":

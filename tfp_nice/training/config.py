@@ -25,8 +25,10 @@ __all__ = [
     "IMAGE_CONDITIONERS",
     "LR_DECAYS",
     "STRATEGIES",
+    "RUN_LENGTH_HPARAMS",
     "TrainConfig",
     "default_hparams",
+    "started_hparams",
 ]
 
 #: Model names of :class:`TrainConfig` (the presets of :mod:`tfp_nice.presets`).
@@ -233,6 +235,29 @@ def default_hparams(cfg: TrainConfig, spec) -> dict:
     else:
         hp = _vector_hparams(cfg, spec)
     return {**hp, "lr_decay": _lr_decay(cfg)}
+
+
+#: The resolved hyper-parameters that follow how long a run trains (``--epochs`` and
+#: ``--time-limit`` may change when a finished run is extended); every other one is fixed when
+#: the run starts.
+RUN_LENGTH_HPARAMS = ("epochs", "patience", "lr_decay")
+
+
+def started_hparams(hparams: dict, started: dict) -> dict:
+    """``hparams`` (this version's :func:`default_hparams`) with the values a run was started
+    with (``started``, the ``hparams`` of its ``run.json``) for every key but
+    :data:`RUN_LENGTH_HPARAMS`: a run resumed after the defaults changed keeps its architecture
+    and recipe, so its checkpoints still fit its model.
+
+    Example:
+      >>> started_hparams({"filters": 32, "epochs": 9}, {"filters": 16, "epochs": 4})
+      {'filters': 16, 'epochs': 9}
+    """
+    out = dict(hparams)
+    for key, value in started.items():
+        if key in out and key not in RUN_LENGTH_HPARAMS:
+            out[key] = tuple(value) if isinstance(out[key], tuple) else value
+    return out
 
 
 def _vector_hparams(cfg: TrainConfig, spec) -> dict:

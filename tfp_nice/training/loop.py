@@ -50,7 +50,7 @@ from tfp_nice.training.callbacks import (
     LearningRateDecay,
     read_history,
 )
-from tfp_nice.training.config import UNBOUNDED_EPOCHS, TrainConfig, default_hparams
+from tfp_nice.training.config import UNBOUNDED_EPOCHS, TrainConfig, default_hparams, started_hparams
 from tfp_nice.training.run_dir import RunError, TrainingDiverged
 
 __all__ = ["train"]
@@ -117,7 +117,7 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = (load_run(run.final_dir)[0] if run.action == "extend"
-                 else build_model(cfg, run.splits.spec, run.splits.num_classes)
+                 else build_model(cfg, run.splits.spec, run.splits.num_classes, run.hp)
                  )  # checks the model before any write
     with ExitStack() as stack:
         _open_work_dir(run, stack, strategy)
@@ -144,12 +144,24 @@ def _prepare(cfg, run_dir, resume, overwrite, print_fn, warn, splits, chief=True
     if cfg.conditional:
         splits.require_labels()
     hp = default_hparams(cfg, splits.spec)
+    if action in ("resume", "extend"):  # the sizes and recipe it started with
+        hp = _started(hp, run_dir, print_fn)
     if action == "extend":
         done = run_dir_lib.read_metrics(run_dir)["epochs"]
         if done >= hp["epochs"]:
             raise RunError("trained_out", run_dir, str(done))
     work_dir = run_dir_lib.staging_path(run_dir) if action == "overwrite" else run_dir
     return _Run(cfg, run_dir, work_dir, action, splits, hp, print_fn, warn)
+
+
+def _started(hp: dict, run_dir: str, say: Callable[[str], None]) -> dict:
+    """``hp`` with the values ``run_dir`` was started with (:func:`started_hparams`); says
+    which of them this version's defaults would set otherwise."""
+    kept = started_hparams(hp, run_dir_lib.read_run_json(run_dir)["hparams"])
+    changed = [f"{k}={kept[k]!r} (the default now: {hp[k]!r})" for k in hp if kept[k] != hp[k]]
+    if changed:
+        say("Resuming with the settings the run started with: " + ", ".join(changed))
+    return kept
 
 
 def _open_work_dir(run: _Run, stack: ExitStack, strategy) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -165,9 +166,18 @@ def test_a_killed_worker_and_a_restart_of_both_resume_from_the_chiefs_checkpoint
     assert keras.models.load_model(os.path.join(out, "model.keras")).count_params() > 0
 
 
-def test_the_cli_trains_on_two_loopback_workers_and_the_chief_writes_the_run(tmp_path):
+# A later version with another default (hidden_units, when --hidden-units is not given): run on
+# every worker in place of ``python -m tfp_nice.cli``.
+_NEW_DEFAULTS = (
+    "import sys; from tfp_nice.training import config; old = config._vector_hparams; "
+    "config._vector_hparams = lambda cfg, spec: {**old(cfg, spec), **({} if cfg.hidden_units "
+    "else {'hidden_units': (4, 4)})}; from tfp_nice import cli; sys.exit(cli.main(sys.argv[1:]))")
+
+
+def _cli_cluster(out, *args: str, prelude: str | None = None) -> list[str]:
+    """Both workers' output of ``tfp-nice train --strategy multiworker ... --out out``."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    out = tmp_path / "run"
+    command = ["-c", prelude] if prelude else ["-m", "tfp_nice.cli"]
     procs = []
     for i in range(2):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -176,9 +186,9 @@ def test_the_cli_trains_on_two_loopback_workers_and_the_chief_writes_the_run(tmp
                    TF_CPP_MIN_LOG_LEVEL="3",
                    PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tfp_nice.cli", "train", "--strategy", "multiworker",
-             "--model", "realnvp", "--data", "moons", "--epochs", "2", "--hidden-units", "8",
-             "--num-couplings", "2", "--batch-size", "512", "--out", str(out), "--no-export"],
+            [sys.executable, *command, "train", "--strategy", "multiworker", "--model",
+             "realnvp", "--data", "moons", "--num-couplings", "2", "--batch-size", "512",
+             "--out", str(out), "--no-export", *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True))
     try:
@@ -188,7 +198,36 @@ def test_the_cli_trains_on_two_loopback_workers_and_the_chief_writes_the_run(tmp
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    return logs
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A two-epoch CLI run on two workers at the default hidden units: (directory, logs)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    return out, _cli_cluster(out, "--epochs", "2")
+
+
+def test_the_cli_trains_on_two_loopback_workers_and_the_chief_writes_the_run(cli_run):
+    out, logs = cli_run
     assert "held-out NLL" in logs[0] and "worker done after 2 epochs" in logs[1]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["config"]["strategy"] == "multiworker"
     assert isinstance(keras.models.load_model(out / "model.keras"), tfp_nice.FlowModel)
+
+
+def test_workers_resuming_after_the_defaults_changed_build_the_model_the_run_started_with(
+        cli_run, tmp_path):
+    """Only the chief reads run.json: the other workers take the sizes from it (a collective),
+    or they would build another model than the one the chief restores."""
+    started, _ = cli_run
+    out = tmp_path / "run"
+    shutil.copytree(started, out)
+    logs = _cli_cluster(out, "--epochs", "3", "--resume", prelude=_NEW_DEFAULTS)
+    assert ("Resuming with the settings the run started with: hidden_units=(64, 64) "
+            "(the default now: (4, 4))") in logs[0], logs[0][-2000:]
+    assert "held-out NLL" in logs[0] and "worker done after 3 epochs" in logs[1], logs[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["hparams"]["hidden_units"] == [64, 64]
+    assert keras.models.load_model(out / "model.keras").count_params() == keras.models.load_model(
+        started / "model.keras").count_params()

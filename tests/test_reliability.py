@@ -360,6 +360,25 @@ def test_errors_after_tensorflow_started_are_one_line_without_its_chatter(tmp_pa
                                        "corrupt?)")
 
 
+def test_a_tensorflow_op_error_is_the_line_that_says_what_went_wrong():
+    """A function's error (a failed collective of a multi-worker peer, a bad index) starts with
+    "Graph execution error:" and the op's Python traceback: the one line is the op's message."""
+    import tensorflow as tf
+
+    from tfp_nice import cli
+
+    @tf.function
+    def gather(x):
+        return tf.gather(x, [5])
+
+    with pytest.raises(tf.errors.OpError) as info:
+        gather(tf.zeros(3))
+    assert info.value.message.startswith("Graph execution error:")
+    assert cli._describe(info.value) == (2, "indices[0] = 5 is not in [0, 3)")
+    eager = tf.errors.InvalidArgumentError(None, None, "first line\nsecond line")
+    assert cli._describe(eager) == (2, "first line")
+
+
 # --- --time-limit --------------------------------------------------------------------------------
 def test_time_limit_stops_cleanly_keeps_the_best_weights_and_is_recorded(tmp_path, capsys):
     out = tmp_path / "run"

@@ -239,7 +239,7 @@ def _describe(e: BaseException) -> tuple[int, str] | None:
     if tf is not None and isinstance(e, tf.errors.OpError):
         if "No space left" in str(e) or isinstance(e, tf.errors.ResourceExhaustedError):
             return 2, _os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(e)))
-        return 2, _first_line(e.message if hasattr(e, "message") else e)
+        return 2, _op_error_line(e.message if hasattr(e, "message") else str(e))
     if isinstance(e, (ValueError, TypeError)):
         return 2, _first_line(e)
     return None
@@ -253,6 +253,15 @@ def _os_error(e: OSError) -> str:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied{where.replace('writing', 'accessing')} ({e.strerror})"
     return _first_line(e)
+
+
+def _op_error_line(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong: a function's error starts
+    with ``Graph execution error:`` and the op's traceback, and ends with the node's name."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    said = [ln for ln in message.splitlines() if ln.strip() and not ln[0].isspace()
+            and not ln.startswith(("Graph execution error", "Detected at node", "[["))]
+    return said[0] if said else (lines[0] if lines else "TensorFlow error")
 
 
 def _first_line(e) -> str:

@@ -9,7 +9,8 @@ and the same logged loss as single-device training with the same global batch.
 * :mod:`~tfp_nice.distributed.inputs` — global batches split across replicas
   deterministically;
 * :mod:`~tfp_nice.distributed.state` — the variables to checkpoint, :class:`NpzCheckpoint`,
-  and :func:`restore_from_chief` (every worker gets the chief's state);
+  :func:`restore_from_chief` (every worker gets the chief's state) and :func:`chief_json`
+  (every worker gets the chief's settings);
 * :mod:`~tfp_nice.distributed.loop` — :func:`fit`.
 
 Example (run the same script on every machine, each with its own ``TF_CONFIG``):
@@ -38,6 +39,7 @@ from tfp_nice.distributed.loop import fit
 from tfp_nice.distributed.state import (
     Checkpointer,
     NpzCheckpoint,
+    chief_json,
     read_state,
     restore_from_chief,
     training_variables,
@@ -48,6 +50,7 @@ __all__ = [
     "STRATEGIES",
     "Checkpointer",
     "NpzCheckpoint",
+    "chief_json",
     "cluster_kind",
     "fit",
     "is_chief",

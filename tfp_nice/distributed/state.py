@@ -5,7 +5,8 @@ slots, its iteration counter and learning rate) plus the number of finished epoc
 ``MultiWorkerMirroredStrategy`` only the chief reads and writes checkpoints; after a restart
 :func:`restore_from_chief` sends the chief's values to every worker with one all-reduce in
 which only the chief's replica 0 contributes (``sum = chief's values``), so workers need no
-shared file system and all continue from the same state.
+shared file system and all continue from the same state; :func:`chief_json` sends the
+chief's settings (what the run started with) the same way.
 
 The default store is :class:`tfp_nice.checkpoints.NpzCheckpoint` (``epoch-NNNNNN.npz`` files
 written atomically, checked on read, the newest ``keep`` kept). Any object with the same
@@ -23,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -35,6 +37,7 @@ from tfp_nice.distributed.cluster import is_chief
 __all__ = [
     "Checkpointer",
     "NpzCheckpoint",
+    "chief_json",
     "read_state",
     "restore_from_chief",
     "training_variables",
@@ -109,15 +112,48 @@ def restore_from_chief(model, checkpoint: Checkpointer, strategy=None) -> int | 
     return int(epoch)
 
 
+def chief_json(value: Any, strategy: tf.distribute.Strategy | None = None) -> Any:
+    """The chief's ``value`` (anything :func:`json.dumps` writes) on every worker.
+
+    Under ``MultiWorkerMirroredStrategy`` this is a collective: every worker calls it at the
+    same point and gets the chief's ``value`` back (each worker's own is ignored), as JSON
+    (tuples come back as lists). Any other strategy returns ``value`` itself. A run resumed
+    by a later version uses it so that every worker builds the model the chief restores.
+
+    Example:
+      >>> chief_json({"filters": 16, "hidden_units": [8]})
+      {'filters': 16, 'hidden_units': [8]}
+    """
+    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return value
+    data = (np.frombuffer(json.dumps(value).encode(), np.uint8) if is_chief(strategy)
+            else np.zeros(0, np.uint8))
+    (size,) = _from_replica_0(strategy, [np.array([data.size], np.float64)])
+    padded = np.zeros(int(size[0]), np.float64)
+    padded[:data.size] = data
+    (chief,) = _from_replica_0(strategy, [padded])
+    return json.loads(chief.astype(np.uint8).tobytes().decode())
+
+
 def _broadcast(strategy, variables: list, found) -> tuple[int, list[np.ndarray]] | None:
-    """``found`` of the chief on every worker: a sum over replicas where only replica 0 adds."""
+    """``found`` of the chief on every worker."""
     if found is not None:
         _check_values(variables, found[1])
         epoch = float(found[0])
         values = [np.asarray(x, np.float64) for x in found[1]]
     else:
         epoch, values = -1.0, [np.zeros(v.shape, np.float64) for v in variables]
-    tensors = [tf.constant([epoch], tf.float64)] + [tf.constant(x) for x in values]
+    out = _from_replica_0(strategy, [np.array([epoch], np.float64), *values])
+    if out[0][0] < 0:
+        return None
+    # float64 holds every float32 / int32 value and step counts below 2**53 exactly.
+    return int(out[0][0]), [x.astype(v.dtype) for x, v in zip(out[1:], variables)]
+
+
+def _from_replica_0(strategy, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Replica 0's (the chief's) float64 ``arrays`` on every worker: a sum over the replicas
+    in which only replica 0 adds. Every worker passes arrays of the same shapes."""
 
     @tf.function
     def reduce(ts):
@@ -128,11 +164,8 @@ def _broadcast(strategy, variables: list, found) -> tuple[int, list[np.ndarray]]
 
         return strategy.run(replica_fn, args=(ts,))
 
-    out = [strategy.experimental_local_results(t)[0].numpy() for t in reduce(tensors)]
-    if out[0][0] < 0:
-        return None
-    # float64 holds every float32 / int32 value and step counts below 2**53 exactly.
-    return int(out[0][0]), [x.astype(v.dtype) for x, v in zip(out[1:], variables)]
+    tensors = [tf.constant(x, tf.float64) for x in arrays]
+    return [strategy.experimental_local_results(t)[0].numpy() for t in reduce(tensors)]
 
 
 def _check_values(variables: list, values: Sequence[Any]) -> None:

@@ -68,6 +68,7 @@ class _Run:
     hp: dict
     say: Callable[[str], None]
     warn: Callable[[str], None]
+    finished: FlowModel | None = None  # a finished multi-worker run trained further: its model
 
     @property
     def checkpoints(self) -> str:
@@ -114,9 +115,16 @@ def train(
     chief = distributed.is_chief(strategy)
     run = _prepare(cfg, os.path.abspath(run_dir), resume, overwrite, print_fn, warn, splits,
                    chief)
+    # Every worker builds the model the chief restores: the sizes the run started with.
+    run.hp = started_hparams(run.hp, distributed.chief_json(run.hp, strategy))
     keras.utils.set_random_seed(cfg.seed)
+    # A finished run trained further is loaded, but under MultiWorkerMirroredStrategy every
+    # worker builds its model alike and the chief sends it the finished one (_restore).
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker and run.action == "extend":  # outside the scope: no collectives
+        run.finished = load_run(run.final_dir)[0]
     with strategy.scope():
-        model = (load_run(run.final_dir)[0] if run.action == "extend"
+        model = (load_run(run.final_dir)[0] if run.action == "extend" and not multi_worker
                  else build_model(cfg, run.splits.spec, run.splits.num_classes, run.hp)
                  )  # checks the model before any write
     with ExitStack() as stack:
@@ -210,8 +218,12 @@ def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
                       jit_compile=run.cfg.strategy == "none" and run.hp.get("jit_compile", True))
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         store = checkpoints.run_checkpoint(run.checkpoints, model, run.warn)
+        if run.action == "extend":
+            store = _FinishedRunState(store, run)
         epoch = distributed.restore_from_chief(model, store, strategy)
-        if epoch:
+        if epoch and run.action == "worker":
+            run.say(f"Continuing from the chief's state after epoch {epoch}")
+        elif epoch and not getattr(store, "finished", False):
             run.say(f"Resuming the unfinished run in {run.final_dir} after epoch {epoch}")
         return epoch or 0, float(store.last_meta.get("train_seconds", 0.0)), {}
     done, elapsed = 0, 0.0
@@ -235,6 +247,28 @@ def _restore(run: _Run, model: FlowModel, strategy) -> tuple[int, float, dict]:
         else:
             model.initialize_scale(batch[0], context=batch[1])
     return 0, 0.0, {}  # a recorded end of training without a checkpoint: train again
+
+
+class _FinishedRunState:
+    """The chief's state when it trains a finished multi-worker run further: the newest
+    checkpoint (an extension killed before), else the finished ``model.keras`` (its weights
+    and optimizer) after its recorded epochs. Every worker builds the model (its variables are
+    created by collectives on all of them), so the finished model reaches them as values."""
+
+    def __init__(self, store, run: _Run):
+        self.store, self.run, self.last_meta, self.finished = store, run, {}, False
+
+    def restore(self):
+        found = self.store.restore()
+        if found is not None:
+            self.last_meta = self.store.last_meta
+            return found
+        finished = self.run.finished
+        if not finished.compiled:
+            finished.compile(optimizer=keras.optimizers.Adam(self.run.hp["learning_rate"]))
+        metrics = run_dir_lib.read_metrics(self.run.final_dir)
+        self.last_meta, self.finished = {"train_seconds": metrics["train_seconds"]}, True
+        return metrics["epochs"], distributed.read_state(finished)
 
 
 def _fit(run: _Run, model: FlowModel, done: int, elapsed: float, verbose, strategy) -> dict:

@@ -25,7 +25,9 @@ trainable weights) on the same batches (the CLI's `as_dataset` pipeline, dequant
   floor_wn   the flow's own conditioner layers (weight norm and all) on the same inputs;
   skeleton   the flow with every conditioner replaced by a tile of its input (no convolution):
              masks, log-det bookkeeping, squeeze/factor-out, normalisation, prior;
-  skeleton_no_norm  the same without the normalisation steps (realnvp-image only);
+  skeleton_no_norm  the same without the normalisation steps (realnvp-image: batch norm;
+             glow: ActNorm and the invertible 1x1 convolutions, each made the identity);
+  skeleton_no_1x1  glow's skeleton with only its 1x1 convolutions made the identity;
   no_norm / no_logit / no_update  ablations of the flow: without its normalisation steps
              (realnvp-image), without the logit preprocessing, without the optimizer update;
   gauge      (b) a 3x3 64->64 convolution's forward + backward: the machine's conv peak.
@@ -34,10 +36,11 @@ floor and the gauge only (XLA compiles of a full-size flow take minutes on 2 cor
 Each config is warmed up untimed; then `--rounds` rounds time `--steps` steps of each config,
 the start rotated each round; a round gives the median step, tables the median over rounds.
 Part breakdown (function mode): conv = floor; weight norm = floor_wn - floor; normalisation =
-skeleton - skeleton_no_norm; bookkeeping = skeleton_no_norm; overlap = flow - floor_wn -
-skeleton; fit loop = fit - flow; dependency = floor_chain - floor, split into input gradients
-(floor_ingrad - floor) and ordering (floor_chain - floor_ingrad); each ablation = flow minus
-it. Writes bench/image_speed.{json,md} (or --out).
+skeleton - skeleton_no_norm (glow: of it 1x1 convolutions = skeleton - skeleton_no_1x1, the
+rest ActNorm); bookkeeping = skeleton_no_norm; overlap = flow - floor_wn - skeleton; fit loop =
+fit - flow; dependency = floor_chain - floor, split into input gradients (floor_ingrad - floor)
+and ordering (floor_chain - floor_ingrad); each ablation = flow minus it. Writes
+bench/image_speed.{json,md} (or --out).
 """
 
 from __future__ import annotations
@@ -208,6 +211,16 @@ def _skeleton(model, **changes):
     return flow
 
 
+def _without(model, *kinds):
+    """``model`` with every bijector of the ``kinds`` made the identity (in place)."""
+    steps = tf.nest.flatten(model.steps)
+    for b in [b for s in steps for b in tn.graph.walk(s) if isinstance(b, kinds)]:
+        b._forward = b._inverse = lambda x: x
+        b._forward_log_det_jacobian = b._inverse_log_det_jacobian = (
+            lambda x: tf.zeros([], x.dtype))
+    return model
+
+
 def _step_fn(model, mode, update=True):
     opt = keras.optimizers.Adam(1e-4)
     opt.build(model.trainable_variables)
@@ -300,6 +313,10 @@ def build_configs(name, args, splits):
     skeletons = {"skeleton": prepared(_skeleton(model))}
     if name == "realnvp-image":
         skeletons["skeleton_no_norm"] = prepared(_skeleton(model, normalization="none"))
+    if name == "glow":
+        skeletons["skeleton_no_norm"] = _without(prepared(_skeleton(model)), tn.ActNorm,
+                                                 tn.Invertible1x1Conv)
+        skeletons["skeleton_no_1x1"] = _without(prepared(_skeleton(model)), tn.Invertible1x1Conv)
     fit_ds = data_lib.as_dataset(splits.train, spec, batch, training=True, seed=0).repeat()
     floor_ds = tf.data.Dataset.from_tensors(batches[0]).repeat()
     ablations = {"no_logit": prepared(_flow_variant(model, logit_alpha=None))}
@@ -387,6 +404,9 @@ def summarise(info, timings, batch):
         parts = {"mode": m, "conditioner convs (floor)": get[("floor", m)],
                  "weight norm": get[("floor_wn", m)] - get[("floor", m)],
                  "normalisation (batch norm / ActNorm+1x1)": skel - bare,
+                 **({"  of it: 1x1 convolutions (skeleton - skeleton_no_1x1)":
+                     skel - get[("skeleton_no_1x1", m)]} if ("skeleton_no_1x1", m) in get
+                    else {}),
                  "masks, log-det, squeeze/factor-out, prior": bare,
                  "overlap (flow - floor_wn - skeleton)": get[("flow", m)] - get[("floor_wn", m)]
                  - skel, "flow step": get[("flow", m)]}

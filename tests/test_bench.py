@@ -178,8 +178,8 @@ def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
         configs = {(r["config"], r["mode"]) for r in m["rows"]}
         want = {"flow", "flow_gather", "floor", "floor_wn", "floor_ingrad", "floor_chain",
                 "skeleton", "gauge", "fit", "floor_fit", "no_update", "no_logit"}
-        if name == "realnvp-image":
-            want |= {"skeleton_no_norm", "no_norm"}
+        want |= ({"skeleton_no_norm", "no_norm"} if name == "realnvp-image" else
+                 {"skeleton_no_norm", "skeleton_no_1x1"})
         assert configs == {(c, "function") for c in want}, configs
         assert all(r["img_s"] > 0 and r["median_s"] > 0 for r in m["rows"])
         assert m["conv_gflop_per_step"] > 0 and m["params"] > 0
@@ -196,9 +196,41 @@ def test_image_speed_quick_writes_every_config_ratio_and_part(tmp_path):
         assert ingrad + ordering == pytest.approx(parts["dependency (floor_chain - floor)"])
         assert "ablation: optimizer update (flow - no_update)" in parts
         assert ("ablation: normalisation (flow - no_norm)" in parts) == (name == "realnvp-image")
+        assert ("  of it: 1x1 convolutions (skeleton - skeleton_no_1x1)" in parts) == (
+            name == "glow")
     assert models["glow"]["hparams"]["num_scales"] == 1  # glow_defaults on 8x8
     md = (tmp_path / "image_speed.md").read_text()
     assert "## realnvp-image" in md and "## glow" in md and "| flow/floor function |" in md
+
+
+def test_image_speed_glow_skeleton_without_its_actnorm_and_1x1_convolutions_skips_them():
+    """skeleton_no_norm / skeleton_no_1x1 of glow: those bijectors become the identity (log-det
+    0) in that copy only, so their cost is the difference of two skeleton steps."""
+    import tensorflow as tf
+
+    import tfp_nice as tn
+
+    spec = importlib.util.spec_from_file_location("bench_image_speed_glow",
+                                                  ROOT / "bench" / "image_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x = np.random.default_rng(0).uniform(0.1, 0.9, (4, 8, 8, 1)).astype("float32")
+    models = [tn.Glow([8, 8, 1], num_levels=1, num_steps=2, filters=4) for _ in range(2)]
+    models[0].initialize_from_data(x)  # ActNorm from the data: no longer the identity
+    models[1](x)
+    models[1].set_weights(models[0].get_weights())
+    kinds = (tn.ActNorm, tn.Invertible1x1Conv)
+    module._without(models[1], *kinds)
+    walk = lambda m: [b for s in tf.nest.flatten(m.steps) for b in tn.graph.walk(s)  # noqa: E731
+                      if isinstance(b, kinds)]
+    assert len(walk(models[1])) == 4
+    z = tf.constant(np.random.default_rng(1).normal(size=(4, 4, 4, 4)).astype("float32"))
+    for b in walk(models[1]):
+        np.testing.assert_array_equal(b.forward(z), z)
+        assert float(b.inverse_log_det_jacobian(z, event_ndims=3)) == 0.0
+    for b in walk(models[0]):  # the original keeps its own
+        assert not np.allclose(b.forward(z), z)
+    assert not np.allclose(models[0].log_prob(x), models[1].log_prob(x))
 
 
 def test_image_speed_floor_ingrad_computes_the_input_gradients_the_floor_skips():

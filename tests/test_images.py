@@ -357,6 +357,26 @@ def _bn_by_hand(model, coupling, x, mean, var, log_gamma, beta, eps=1e-4):
         log_gamma - 0.5 * np.log(var + eps))
 
 
+def test_held_out_nll_is_exact_over_every_batch_and_traced_once_for_test_and_validation():
+    """The end of a run scores the test and the validation set (each with a smaller last
+    batch): one traced function serves both, and the NLL is the exact mean over the rows."""
+    from tfp_nice import data as data_lib
+    from tfp_nice.training import outputs
+
+    splits = data_lib.load("digits")
+    model = _tiny_image_model()
+    _perturb(model)
+    results = [outputs.evaluate_nll(model, x, splits.spec, batch_size=100)
+               for x in (splits.test, splits.validation[:250])]
+    # 100-row batches, then the 70- and 50-row rests: one trace, then one for any batch size
+    assert outputs._nll_sum(model).experimental_get_tracing_count() == 2
+    for x, (nll, bpd) in zip((splits.test, splits.validation[:250]), results):
+        batches = data_lib.as_dataset(x, splits.spec, 100, training=False)
+        expected = np.mean(np.concatenate([model(b).numpy() for b in batches]))
+        assert nll == pytest.approx(expected, rel=1e-5)
+        assert bpd == pytest.approx(nll / (64 * math.log(2.0)))
+
+
 def test_batchnorm_uses_batch_statistics_in_training_and_moving_averages_at_inference(tmp_path):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal([64, 4, 4, 2]) * [3.0, 0.5] + [2.0, -1.0]).astype("float32")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -37,10 +38,24 @@ def evaluate_nll(model: FlowModel, x: np.ndarray, spec: DataSpec,
     """Mean held-out NLL (nats per example) and bits/dim, exactly over every example
     (``-log p(x | label)`` at the true ``labels`` for a class-conditional model)."""
     ds = data_lib.as_dataset(x, spec, batch_size, training=False, labels=labels)
-    nll_fn = tf.function(lambda b: tf.reduce_sum(model(b)))
+    nll_fn = _nll_sum(model)
     total = sum(float(nll_fn(b)) for b in ds)
     nll = total / len(x)
     return nll, float(preprocessing.bits_per_dim(nll, spec.num_dims))
+
+
+_NLL_SUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _nll_sum(model: FlowModel):
+    """``sum(model(batch))`` traced once per model for every batch size (the test set, then the
+    validation set, each with a last, smaller batch), not once per call and size."""
+    fn = _NLL_SUMS.get(model)
+    if fn is None:
+        ref = weakref.ref(model)  # the function must not keep the model alive
+        fn = _NLL_SUMS[model] = tf.function(lambda b: tf.reduce_sum(ref()(b)),
+                                            reduce_retracing=True)
+    return fn
 
 
 def evaluate_classifier(model: FlowModel, x: np.ndarray, labels: np.ndarray, spec: DataSpec,
